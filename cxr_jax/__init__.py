@@ -1,0 +1,1 @@
+"""cxr_jax: pediatric chest X-ray (NORMAL vs PNEUMONIA) classification in JAX/Flax."""
