@@ -1,0 +1,42 @@
+# Two commands for a fresh machine: `make train` and `make test` (see README.md).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
+SHARED ?= ../shared
+CONFIG ?= configs/cnn_v3.py
+ARGS ?=
+
+.PHONY: train test setup link-shared clean-venv
+
+setup: $(STAMP) link-shared
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# Link ../shared's data and weights into the project's default locations, never
+# overwriting a real folder a user put there (e.g. their own Kaggle download).
+link-shared:
+	@if [ -d "$(SHARED)/data" ]; then \
+	  mkdir -p data; \
+	  for d in "$(SHARED)"/data/*/; do \
+	    name=$$(basename "$$d"); \
+	    [ -e "data/$$name" ] || ln -s "$$(cd "$$d" && pwd)" "data/$$name"; \
+	  done; \
+	fi
+	@if [ -d "$(SHARED)/weights" ] && [ ! -e weights ]; then \
+	  ln -s "$$(cd "$(SHARED)/weights" && pwd)" weights; \
+	fi
+
+train: setup
+	$(PY) launch.py --config=$(CONFIG) $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

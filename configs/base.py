@@ -1,0 +1,65 @@
+"""Defaults shared by every model config; a model's file overrides what differs.
+
+Not run directly: use one of the model configs, e.g.
+  python launch.py --config=configs/cnn_v3.py
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  # Folder with train/ and test/, each holding NORMAL/ and PNEUMONIA/ (see README.md).
+  config.data.data_dir = "data/chest_xray"
+  config.data.image_size = 128  # Square side the images are resized to.
+  config.data.channels = 1  # X-rays are gray; MobileNetV2 repeats to 3 channels itself.
+  config.data.val_fraction = 0.15  # Of train/, carved out by patient.
+  config.data.split_seed = 0
+  config.data.max_images_per_class = 0  # > 0 keeps only that many per class (debug runs).
+
+  config.augment = ml_collections.ConfigDict()
+  config.augment.enabled = True
+  config.augment.rotation_degrees = 10.0
+  config.augment.shift_fraction = 0.1
+  config.augment.zoom_fraction = 0.1
+  config.augment.brightness = 0.1
+  config.augment.contrast = 0.1
+  config.augment.horizontal_flip = False
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = ""
+
+  config.batch_size = 32
+  config.eval_batch_size = 64
+  config.num_epochs = 20
+  config.learning_rate = 1e-3
+  config.warmup_epochs = 1.0
+  config.weight_decay = 1e-4
+  # "balanced" weighs each class by n_images / (2 * n_class) in the loss; "none" doesn't.
+  config.class_weight = "balanced"
+  config.early_stopping_patience = 5  # Epochs without a better validation F1.
+  config.log_every_steps = 50
+  return config
+
+
+def apply_variant(config, variant):
+  """Applies a named variant given after the config path (`--config=configs/x.py:debug`)."""
+  if variant in ("", None):
+    return config
+  if variant != "debug":
+    raise ValueError(f"Unknown config variant {variant!r}; the only variant is 'debug'.")
+  # A few steps on a small subset: for tests and for checking a change end to end.
+  config.data.max_images_per_class = 24
+  config.data.image_size = min(config.data.image_size, 64)
+  config.data.val_fraction = 0.25
+  config.num_epochs = 2
+  config.batch_size = 8
+  config.eval_batch_size = 16
+  config.warmup_epochs = 0.0
+  config.log_every_steps = 2
+  if "n_components" in config.model:
+    config.model.n_components = 8
+  return config

@@ -1,0 +1,19 @@
+"""The strongest small CNN: 160x160, five double-conv blocks with BatchNorm, dropout.
+
+  python launch.py --config=configs/cnn_v3.py --workdir=workdirs/cnn_v3
+  python launch.py --config=configs/cnn_v3.py:debug   # a few steps on a small subset
+"""
+
+from configs import base
+
+
+def get_config(variant=""):
+  config = base.get_config()
+  config.data.image_size = 160
+  config.model.name = "cnn_v3"
+  config.model.block_features = (16, 32, 64, 128, 256)
+  config.model.convs_per_block = 2
+  config.model.dense_features = 128
+  config.model.dropout_rate = 0.4
+  config.num_epochs = 20
+  return base.apply_variant(config, variant)

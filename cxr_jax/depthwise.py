@@ -1,0 +1,189 @@
+"""Depthwise 3x3 convolution in two interchangeable forms.
+
+MobileNetV2 spends most of its (few) FLOPs in 1x1 convolutions, but on XLA:CPU its
+depthwise 3x3 convolutions dominate the run time when written the textbook way
+(``lax.conv_general_dilated`` with ``feature_group_count=C``): XLA:CPU has no fast
+grouped-convolution kernel, and the weight gradient of a grouped convolution is
+especially slow.  The same op written as nine shifted multiply-adds is a handful of
+fused elementwise loops and is much faster on CPU (see the timings in
+``benchmark()`` / the module docstring of ``cxr_jax.mobilenet_v2``).  On GPU/TPU
+the grouped convolution maps to cuDNN / the TPU convolution unit and is the fast
+form.
+
+``impl``:
+  * ``'shifted'`` -- pad, then sum of 9 strided slices of the padded input, each
+    multiplied by one kernel tap (per channel).
+  * ``'grouped'`` -- ``lax.conv_general_dilated(..., feature_group_count=C)``.
+  * ``'auto'``    -- ``'grouped'`` when ``jax.default_backend()`` is ``'gpu'`` or
+    ``'tpu'``, ``'shifted'`` otherwise.
+
+Both forms compute exactly the same function (up to float summation order), take
+the kernel in Keras's ``DepthwiseConv2D`` layout ``(3, 3, C, 1)`` (depth multiplier
+1) and so hold interchangeable weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from jax import lax
+
+Padding = Union[str, Sequence[Sequence[int]]]
+
+IMPLS = ("auto", "shifted", "grouped")
+
+
+def resolve_impl(impl: str = "auto") -> str:
+    """Map ``'auto'`` to the concrete implementation for the default backend."""
+    if impl not in IMPLS:
+        raise ValueError(f"depthwise impl must be one of {IMPLS}; got {impl!r}")
+    if impl == "auto":
+        return "grouped" if jax.default_backend() in ("gpu", "tpu") else "shifted"
+    return impl
+
+
+def _explicit_padding(padding: Padding, size: int, stride: int) -> tuple[int, int]:
+    """Padding of one spatial dim for a 3-tap kernel, TF/Keras semantics."""
+    if isinstance(padding, str):
+        p = padding.upper()
+        if p == "VALID":
+            return (0, 0)
+        if p == "SAME":
+            out = -(-size // stride)
+            total = max((out - 1) * stride + 3 - size, 0)
+            return (total // 2, total - total // 2)
+        raise ValueError(f"padding must be 'SAME', 'VALID' or explicit pairs; got {padding!r}")
+    raise TypeError("internal: explicit padding handled by caller")
+
+
+def _normalize_padding(padding: Padding, h: int, w: int, stride: int):
+    if isinstance(padding, str):
+        return (_explicit_padding(padding, h, stride), _explicit_padding(padding, w, stride))
+    (pt, pb), (pl, pr) = padding
+    return ((int(pt), int(pb)), (int(pl), int(pr)))
+
+
+def depthwise_conv3x3(
+    x: jax.Array,
+    kernel: jax.Array,
+    stride: int = 1,
+    padding: Padding = "SAME",
+    impl: str = "auto",
+) -> jax.Array:
+    """Depthwise 3x3 convolution (depth multiplier 1), NHWC.
+
+    Args:
+      x: ``(B, H, W, C)`` input.
+      kernel: ``(3, 3, C, 1)`` kernel (Keras ``DepthwiseConv2D`` layout).
+      stride: 1 or 2 (same stride along both spatial dims).
+      padding: ``'SAME'`` / ``'VALID'`` (TensorFlow semantics: SAME puts the odd
+        pixel of padding at the bottom/right) or explicit
+        ``((top, bottom), (left, right))`` zero padding.
+      impl: ``'shifted'``, ``'grouped'`` or ``'auto'`` (see module docstring).
+
+    Returns:
+      ``(B, H_out, W_out, C)`` with ``H_out = (H + top + bottom - 3) // stride + 1``.
+    """
+    if stride not in (1, 2):
+        raise ValueError(f"stride must be 1 or 2; got {stride}")
+    b, h, w, c = x.shape
+    if kernel.shape != (3, 3, c, 1):
+        raise ValueError(f"kernel must have shape (3, 3, {c}, 1); got {kernel.shape}")
+    (pt, pb), (pl, pr) = _normalize_padding(padding, h, w, stride)
+    kernel = kernel.astype(x.dtype)
+    impl = resolve_impl(impl)
+
+    if impl == "grouped":
+        return lax.conv_general_dilated(
+            x,
+            kernel.reshape(3, 3, 1, c),
+            window_strides=(stride, stride),
+            padding=((pt, pb), (pl, pr)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=c,
+        )
+
+    # 'shifted': 9 strided slices of the padded input times per-channel taps.
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))) if (pt or pb or pl or pr) else x
+    hp, wp = h + pt + pb, w + pl + pr
+    ho, wo = (hp - 3) // stride + 1, (wp - 3) // stride + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"input {h}x{w} (padded {hp}x{wp}) is too small for a 3x3 kernel")
+    k = kernel[:, :, :, 0]  # (3, 3, C)
+    out = None
+    for i in range(3):
+        for j in range(3):
+            tap = lax.slice(
+                xp,
+                (0, i, j, 0),
+                (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
+                (1, stride, stride, 1),
+            )
+            term = tap * k[i, j]
+            out = term if out is None else out + term
+    return out
+
+
+class DepthwiseConv3x3(nn.Module):
+    """Bias-free depthwise 3x3 convolution holding a Keras-shaped kernel.
+
+    The parameter is named ``depthwise_kernel`` and has shape ``(3, 3, C, 1)`` like
+    ``keras.layers.DepthwiseConv2D(kernel_size=3, use_bias=False)``, so Keras weights
+    map onto it one to one.  Initialised like Keras (``glorot_uniform`` on that shape).
+    """
+
+    stride: int = 1
+    padding: Padding = "SAME"
+    impl: str = "auto"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    kernel_init: Any = nn.initializers.glorot_uniform()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        kernel = self.param("depthwise_kernel", self.kernel_init, (3, 3, c, 1), self.param_dtype)
+        x = jnp.asarray(x, self.dtype)
+        return depthwise_conv3x3(x, jnp.asarray(kernel, self.dtype), self.stride, self.padding, self.impl)
+
+
+def benchmark(
+    batch: int = 8,
+    size: int = 56,
+    channels: int = 96,
+    stride: int = 1,
+    iters: int = 5,
+    impls: Sequence[str] = ("shifted", "grouped"),
+) -> dict:
+    """Time forward and forward+backward (input and kernel grads) per impl.
+
+    Returns ``{impl: {'fwd_ms': ..., 'fwd_bwd_ms': ...}}`` (best of ``iters``).
+    Example: ``python -c "from cxr_jax.depthwise import benchmark; print(benchmark())"``.
+    """
+    import time
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch, size, size, channels)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, channels, 1)), jnp.float32)
+    pad = ((0, 1), (0, 1)) if stride == 2 else ((1, 1), (1, 1))
+    results = {}
+    for impl in impls:
+        fwd = jax.jit(lambda x, k, impl=impl: depthwise_conv3x3(x, k, stride, pad, impl))
+        loss = lambda x, k, impl=impl: jnp.sum(jnp.sin(depthwise_conv3x3(x, k, stride, pad, impl)))
+        bwd = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        timings = {}
+        for name, fn in (("fwd_ms", fwd), ("fwd_bwd_ms", bwd)):
+            jax.block_until_ready(fn(x, k))
+            best = float("inf")
+            for _ in range(iters):
+                t = time.perf_counter()
+                jax.block_until_ready(fn(x, k))
+                best = min(best, time.perf_counter() - t)
+            timings[name] = round(best * 1e3, 2)
+        results[impl] = timings
+    return results
