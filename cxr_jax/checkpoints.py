@@ -28,6 +28,7 @@ class Checkpointer:
   """Writes the latest and the best checkpoint of a training run."""
 
   def __init__(self, workdir: str):
+    self.workdir = workdir
     self.latest = _manager(workdir, "latest", create=True)
     self.best = _manager(workdir, "best", create=True)
 
@@ -50,6 +51,14 @@ class Checkpointer:
     restored = self.latest.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return restored["state"], restored["meta"]
+
+  def latest_meta(self) -> dict | None:
+    """The loop bookkeeping of the latest checkpoint, without its arrays; None if none."""
+    step = self.latest.latest_step()
+    if step is None:
+      return None
+    restored = self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return restored["meta"]
 
   def close(self) -> None:
     self.latest.close()

@@ -43,6 +43,12 @@ def param_count(params) -> int:
   return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
 
 
+def load_pretrained(model: nn.Module, model_config, variables: dict) -> dict:
+  """Initial variables with pretrained weights where the model's config asks for them."""
+  loader = getattr(model, "load_pretrained", None)
+  return loader(model_config, variables) if loader is not None else variables
+
+
 class CNNBaseline(nn.Module):
   """The seed's baseline: reduced grayscale images, four hidden layers (2 conv, 2 dense)."""
   conv_features: Sequence[int] = (32, 64)

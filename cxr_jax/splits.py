@@ -56,13 +56,14 @@ def list_class_folder(folder: str, *, warn_extra: bool = True) -> list[Example]:
   if extra and warn_extra:
     logging.warning("Ignoring unknown sub-folder(s) %s of %s (expected only %s).",
                     extra, folder, "/".join(CLASS_NAMES))
+  missing = [c for c in CLASS_NAMES if not os.path.isdir(os.path.join(folder, c))]
+  if missing:  # Layout first: a missing class says more than an empty one.
+    raise FileNotFoundError(
+        f"{folder!r} must contain the class folders NORMAL/ and PNEUMONIA/; "
+        f"{', '.join(os.path.join(folder, c) for c in missing)} missing (found: {entries}).")
   examples = []
   for label, class_name in enumerate(CLASS_NAMES):
     class_dir = os.path.join(folder, class_name)
-    if not os.path.isdir(class_dir):
-      raise FileNotFoundError(
-          f"{folder!r} must contain the class folders NORMAL/ and PNEUMONIA/; "
-          f"{class_dir!r} is missing (found: {entries}).")
     files = sorted(f for f in os.listdir(class_dir)
                    if not f.startswith(".") and os.path.isfile(os.path.join(class_dir, f)))
     if not files:

@@ -1,0 +1,36 @@
+"""Trains a model from a config (intentionally kept short: the logic lives in cxr_jax/).
+
+  python launch.py --config=configs/mobilenet.py --config.batch_size=64
+  python launch.py --config=configs/cnn_v3.py:debug --workdir=/tmp/debug
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from cxr_jax import log_setup
+from cxr_jax import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Checkpoints, logs and metrics go here; an existing "
+                    "checkpoint is resumed. Default: workdirs/<model name>.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  log_setup.setup()
+  config = FLAGS.config
+  workdir = FLAGS.workdir or os.path.join("workdirs", config.model.name)
+  logging.info("Config:\n%s", config)
+  train.train_and_evaluate(config, workdir)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

@@ -1,0 +1,54 @@
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import cnn_baseline, cnn_v2, cnn_v3
+from cxr_jax import models
+from cxr_jax import train
+
+
+@pytest.mark.parametrize("config_module", [cnn_baseline, cnn_v2, cnn_v3])
+def test_output_is_one_logit_per_image(config_module):
+  config = config_module.get_config()
+  model = models.create_model(config.model)
+  x = jnp.zeros((2, 64, 64, config.data.channels))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  assert model.apply(variables, x).shape == (2,)
+  assert models.param_count(variables["params"]) > 10_000
+
+
+def test_unknown_model_name_lists_the_known_ones():
+  with pytest.raises(ValueError, match="cnn_v3"):
+    models.create_model(ml_collections.ConfigDict({"name": "resnet9000"}))
+
+
+def test_train_step_lowers_the_loss_on_a_tiny_batch():
+  config = cnn_v2.get_config("debug")
+  config.augment.enabled = False
+  model = models.create_model(config.model)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 256, (8, 32, 32, 1), dtype=np.uint8),
+           "label": np.array([0, 1] * 4, np.int32)}
+  batch["image"][batch["label"] == 1] //= 2  # A learnable difference.
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))
+  phase = train.get_phases(config)[0]
+  tx = train.make_optimizer(config, phase, variables["params"], model, steps_per_epoch=20)
+  state = train.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                                  batch_stats=variables["batch_stats"])
+  step = jax.jit(train.make_train_step(model, config.augment, np.ones(2, np.float32), True),
+                 donate_argnums=(0,))
+  losses = []
+  for _ in range(20):
+    state, metrics = step(state, batch, jax.random.PRNGKey(1))
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < 0.5 * losses[0], losses
+  assert int(state.step) == 20
+
+
+def test_class_weights_balance_the_classes():
+  w = train.class_weights(np.array([0] * 10 + [1] * 30), "balanced")
+  np.testing.assert_allclose(w, [2.0, 2 / 3])
+  with pytest.raises(ValueError, match="class_weight"):
+    train.class_weights(np.array([0, 1]), "inverse")
