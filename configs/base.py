@@ -14,6 +14,10 @@ def get_config():
   config.data = ml_collections.ConfigDict()
   # Folder with train/ and test/, each holding NORMAL/ and PNEUMONIA/ (see README.md).
   config.data.data_dir = "data/chest_xray"
+  # "tfds": read the versioned, checksummed `chest_xray_pneumonia` TFDS build of data_dir
+  # (built into tfds_data_dir on first use); "folder": decode data_dir's files directly.
+  config.data.source = "tfds"
+  config.data.tfds_data_dir = "data/tensorflow_datasets"
   config.data.image_size = 128  # Square side the images are resized to.
   config.data.channels = 1  # X-rays are gray; MobileNetV2 repeats to 3 channels itself.
   config.data.val_fraction = 0.15  # Of train/, carved out by patient.

@@ -36,18 +36,15 @@ def _to_8bit(img: Image.Image) -> Image.Image:
   return Image.fromarray(out, mode="L")
 
 
-def decode_image(data: bytes, size: tuple[int, int], channels: int) -> np.ndarray:
-  """Decodes image bytes to a (height, width, channels) uint8 array.
+def open_image(data: bytes) -> Image.Image:
+  """Decodes image bytes to an upright, 8-bit Pillow image in the file's own colour mode.
 
-  Args:
-    data: the file's bytes.
-    size: (height, width) to resize to (bilinear, antialiased when shrinking).
-    channels: 1 (luma) or 3 (RGB; gray images are replicated).
+  This is every step of `decode_image` before the conversion to (size, channels):
+  the mode is the file's ("1", "L", "LA", "RGB", "RGBA", "CMYK", ...), except that
+  high-bit-depth images come out as "L" and palette images as "RGBA".
   Raises:
     ImageDecodeError with the reason for empty, truncated, corrupt or non-image data.
   """
-  if channels not in (1, 3):
-    raise ValueError(f"channels must be 1 or 3, got {channels}.")
   if not data:
     raise ImageDecodeError("empty file (0 bytes)")
   try:
@@ -62,6 +59,11 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int) -> np.ndarra
     img = _to_8bit(img)
   elif img.mode in ("P", "PA"):
     img = img.convert("RGBA")
+  return img
+
+
+def convert_and_resize(img: Image.Image, size: tuple[int, int], channels: int) -> np.ndarray:
+  """The last step of `decode_image`: an `open_image` result to (height, width, channels) uint8."""
   # RGBA/LA: alpha is dropped, the stored colour kept (what viewers show on black).
   img = img.convert("L" if channels == 1 else "RGB")
   height, width = size
@@ -69,6 +71,54 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int) -> np.ndarra
     img = img.resize((width, height), Image.BILINEAR)
   arr = np.asarray(img, dtype=np.uint8)
   return arr[..., None] if channels == 1 else arr
+
+
+def decode_image(data: bytes, size: tuple[int, int], channels: int) -> np.ndarray:
+  """Decodes image bytes to a (height, width, channels) uint8 array.
+
+  Args:
+    data: the file's bytes.
+    size: (height, width) to resize to (bilinear, antialiased when shrinking).
+    channels: 1 (luma) or 3 (RGB; gray images are replicated).
+  Raises:
+    ImageDecodeError with the reason for empty, truncated, corrupt or non-image data.
+  """
+  if channels not in (1, 3):
+    raise ValueError(f"channels must be 1 or 3, got {channels}.")
+  return convert_and_resize(open_image(data), size, channels)
+
+
+# Modes whose conversions to "L" and "RGB" give the same pixels from `native_array`'s
+# output as from the image itself (Pillow converts them to L through their RGB
+# values, ignoring alpha). Others (e.g. "YCbCr", whose L is its Y plane) are
+# compared pixel by pixel in `native_matches`.
+_NATIVE_EXACT_MODES = ("1", "L", "LA", "RGB", "RGBA", "RGBX", "CMYK")
+
+
+def native_array(img: Image.Image) -> np.ndarray:
+  """An `open_image` result at its own size: (H, W, 1) if its content is gray, else (H, W, 3).
+
+  For storing decoded images losslessly (the TFDS builder): `decode_image` of the
+  stored array, for either channel count, equals `decode_image` of the original
+  file. RGB images whose three channels are equal everywhere (gray X-rays saved as
+  RGB JPEGs) come out as 1 channel: Pillow's integer luma weights sum to exactly
+  1, so RGB->L of equal channels returns the value and L->RGB restores them.
+  """
+  if img.mode in ("1", "L", "LA"):
+    return np.asarray(img.convert("L"), dtype=np.uint8)[..., None]
+  rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+  if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
+    return rgb[..., :1].copy()
+  return rgb
+
+
+def native_matches(img: Image.Image, native: np.ndarray) -> bool:
+  """Whether `native_array(img)` converts to the same L and RGB pixels as `img` does."""
+  if img.mode in _NATIVE_EXACT_MODES:
+    return True
+  stored = Image.fromarray(native[..., 0] if native.shape[-1] == 1 else native)
+  return all(np.array_equal(np.asarray(img.convert(m)), np.asarray(stored.convert(m)))
+             for m in ("L", "RGB"))
 
 
 def decode_file(path: str, size: tuple[int, int], channels: int) -> np.ndarray:

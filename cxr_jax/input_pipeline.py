@@ -124,6 +124,21 @@ def list_train_examples(data_config) -> list[splits.Example]:
 
 
 def load_train_val(data_config) -> tuple[DecodedSet, DecodedSet]:
+  """(train, validation) of the Kermany data, from `data_config.source`.
+
+  "tfds": the built `chest_xray_pneumonia` TFDS dataset (built on first use from
+  data_dir); "folder": the raw folders. Both give identical images and splits.
+  """
+  source = data_config.get("source", "folder")
+  if source == "tfds":
+    from cxr_jax import tfds_dataset  # pylint: disable=g-import-not-at-top
+    return tfds_dataset.load_train_val(data_config)
+  if source != "folder":
+    raise ValueError(f"config.data.source must be 'tfds' or 'folder'; got {source!r}.")
+  return load_train_val_from_folder(data_config)
+
+
+def load_train_val_from_folder(data_config) -> tuple[DecodedSet, DecodedSet]:
   """Decodes train/ once and splits it by patient into (train, validation)."""
   examples = list_train_examples(data_config)
   train_ex, val_ex = splits.patient_grouped_split(

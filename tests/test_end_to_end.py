@@ -18,6 +18,7 @@ from tests.conftest import REPO
 def debug_config(module, data_dir):
   config = module.get_config("debug")
   config.data.data_dir = str(data_dir)
+  config.data.source = "folder"  # The TFDS path is tested (and shown identical) on its own.
   return config
 
 
