@@ -7,11 +7,14 @@ dropout and BatchNorm statistics updates.
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from cxr_jax import layers
 
 _REGISTRY: dict[str, Callable] = {}
 
@@ -57,8 +60,8 @@ class CNNBaseline(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     for features in self.conv_features:
-      x = nn.relu(nn.Conv(features, (3, 3))(x))
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = nn.relu(layers.Conv(features, (3, 3))(x))
+      x = layers.max_pool_2x2(x)
     x = x.reshape((x.shape[0], -1))
     for features in self.dense_features:
       x = nn.relu(nn.Dense(features)(x))
@@ -73,10 +76,10 @@ class ConvBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     for _ in range(self.convs_per_block):
-      x = nn.Conv(self.features, (3, 3), use_bias=False)(x)
+      x = layers.Conv(self.features, (3, 3), use_bias=False)(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
       x = nn.relu(x)
-    return nn.max_pool(x, (2, 2), strides=(2, 2))
+    return layers.max_pool_2x2(x)
 
 
 class CNN(nn.Module):
@@ -110,3 +113,80 @@ def _cnn(model_config):
              convs_per_block=model_config.convs_per_block,
              dense_features=model_config.dense_features,
              dropout_rate=model_config.dropout_rate)
+
+
+class MobileNetV2Classifier(nn.Module):
+  """MobileNetV2 backbone (Keras layer names, ImageNet weights) + a new PNEUMONIA head.
+
+  X-rays arrive as [B,H,W,1] in [0, 1]; they are mapped to Keras's
+  `preprocess_input` range [-1, 1] and the gray channel is repeated to the three
+  channels the ImageNet filters expect (an RGB input is used as it is).
+  `train_batch_norm=False` keeps BatchNorm in inference mode while dropout trains:
+  the usual transfer-learning setting (Keras's `base_model(x, training=False)`).
+  """
+  alpha: float = 0.35
+  dropout_rate: float = 0.2
+  depthwise_impl: str = "auto"
+  weights: str = "imagenet"  # "imagenet" (Keras's file, found by name), a .h5 path, or "none".
+  weights_size: int = 224  # Which Keras file (they exist for 96..224) when searched by name.
+
+  def setup(self):
+    from cxr_jax import mobilenet_v2  # pylint: disable=g-import-not-at-top
+    # Pretrained backbones are overwritten whole (strictly) by load_pretrained, so their
+    # initialiser can be the one that compiles fastest.
+    kernel_init = (nn.initializers.glorot_uniform() if self.weights == "none"
+                   else nn.initializers.zeros)
+    self.backbone = mobilenet_v2.MobileNetV2(alpha=self.alpha, include_top=False,
+                                             pooling="avg", depthwise_impl=self.depthwise_impl,
+                                             kernel_init=kernel_init)
+    self.dropout = nn.Dropout(self.dropout_rate)
+    self.head = nn.Dense(1)
+
+  def features(self, x, train_batch_norm: bool = False):
+    """Pooled backbone features [B, C] of [0, 1] images."""
+    x = x * 2.0 - 1.0
+    if x.shape[-1] == 1:
+      x = jnp.repeat(x, 3, axis=-1)
+    return self.backbone(x, train=train_batch_norm)
+
+  def classify(self, features, train: bool = False):
+    """The head alone: logits [B] from pooled features (cached-feature training)."""
+    return self.head(self.dropout(features, deterministic=not train))[:, 0]
+
+  def __call__(self, x, train: bool = False, train_batch_norm: bool | None = None):
+    bn_train = train if train_batch_norm is None else train_batch_norm
+    return self.classify(self.features(x, bn_train), train)
+
+  def fine_tune_prefixes(self, n_blocks: int) -> list[str]:
+    """Top-level parameter names trained when fine-tuning the last n_blocks (and the head)."""
+    from cxr_jax import mobilenet_v2  # pylint: disable=g-import-not-at-top
+    return ["head"] + mobilenet_v2.last_blocks_layer_names(n_blocks)
+
+  def load_pretrained(self, model_config, variables: dict) -> dict:
+    """ImageNet weights from a Keras .h5 file into the backbone; strict, head left new."""
+    from cxr_jax import keras_weights  # pylint: disable=g-import-not-at-top
+    if self.weights == "none":
+      logging.warning("MobileNetV2 starts from random weights (config.model.weights='none').")
+      return variables
+    if self.weights != "imagenet":
+      path = keras_weights.find_keras_weights(self.alpha, self.weights_size, path=self.weights)
+    else:
+      try:
+        path = keras_weights.find_keras_weights(self.alpha, self.weights_size, include_top=False)
+      except FileNotFoundError as no_top_missing:
+        try:  # Keras's with-top file holds the same backbone.
+          path = keras_weights.find_keras_weights(self.alpha, self.weights_size, include_top=True)
+        except FileNotFoundError:
+          raise no_top_missing from None
+    logging.info("Loading ImageNet weights into the MobileNetV2 backbone from %s", path)
+    # A with-top file also fits: its 1000-class top is not used by this model.
+    return keras_weights.port_mobilenet_v2(path, variables, exclude=("predictions",),
+                                           scope="backbone")
+
+
+@register("mobilenet_v2")
+def _mobilenet_v2(model_config):
+  return MobileNetV2Classifier(alpha=model_config.alpha, dropout_rate=model_config.dropout_rate,
+                               depthwise_impl=model_config.depthwise_impl,
+                               weights=model_config.weights,
+                               weights_size=model_config.weights_size)

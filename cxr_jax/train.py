@@ -121,8 +121,13 @@ def weighted_bce(logits, labels, weights):
 # The train step.
 
 
-def make_train_step(model, aug_config, loss_weights, train_batch_norm: bool):
-  """Builds train_step(state, batch, rng) -> (state, metrics), pure, jit it with donation."""
+def make_train_step(model, aug_config, loss_weights, train_batch_norm: bool, mask=None):
+  """Builds train_step(state, batch, rng) -> (state, metrics), pure, jit it with donation.
+
+  `mask` (bool pytree over params, None = all trainable): frozen parameters are
+  wrapped in stop_gradient, so neither their gradients nor the backward pass below
+  the lowest trainable layer are computed.
+  """
   loss_weights = jnp.asarray(loss_weights)
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
@@ -132,6 +137,9 @@ def make_train_step(model, aug_config, loss_weights, train_batch_norm: bool):
     labels = batch["label"]
 
     def loss_fn(params):
+      if mask is not None:
+        params = jax.tree_util.tree_map(
+            lambda p, trainable: p if trainable else jax.lax.stop_gradient(p), params, mask)
       variables = {"params": params}
       kwargs = {"train": True}
       if state.batch_stats is not None:
@@ -260,15 +268,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state_dict, _ = ckpt.restore_latest(flax.serialization.to_state_dict(state))
         state = flax.serialization.from_state_dict(state, state_dict)
         resume_pending = False
+      mask = trainable_mask(state.params, phase, model)
       trainable = models.param_count(jax.tree_util.tree_map(
-          lambda p, m: p if m else jnp.zeros(()),
-          state.params, trainable_mask(state.params, phase, model)))
+          lambda p, m: p if m else jnp.zeros(()), state.params, mask))
       logging.info("Phase %d/%d %r: %d epochs, lr %g, %s parameters trained, BatchNorm %s.",
                    phase_index + 1, len(phases), phase.name, phase.num_epochs,
                    phase.learning_rate, f"{trainable:,}",
                    "updating" if phase.train_batch_norm else "frozen (inference mode)")
       train_step = jax.jit(
-          make_train_step(model, config.augment, loss_weights, phase.train_batch_norm),
+          make_train_step(model, config.augment, loss_weights, phase.train_batch_norm,
+                          None if all(jax.tree_util.tree_leaves(mask)) else mask),
           donate_argnums=(0,))
       state = _run_phase(config, phase, state, train_step, train_rng, predict_fn,
                          train_data, val_data, ckpt, writer, progress)
