@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
 SHARED ?= ../shared
-CONFIG ?= configs/cnn_v3.py
+CONFIG ?= configs/mobilenet.py
 ARGS ?=
 
 .PHONY: train test setup link-shared clean-venv
@@ -28,8 +28,11 @@ link-shared:
 	    [ -e "data/$$name" ] || ln -s "$$(cd "$$d" && pwd)" "data/$$name"; \
 	  done; \
 	fi
-	@if [ -d "$(SHARED)/weights" ] && [ ! -e weights ]; then \
-	  ln -s "$$(cd "$(SHARED)/weights" && pwd)" weights; \
+	@if [ -d "$(SHARED)/weights" ]; then \
+	  mkdir -p weights; \
+	  for f in "$(SHARED)"/weights/*.h5; do \
+	    [ -e "weights/$$(basename "$$f")" ] || ln -s "$$(cd "$$(dirname "$$f")" && pwd)/$$(basename "$$f")" weights/; \
+	  done; \
 	fi
 
 train: setup
