@@ -28,12 +28,13 @@ def get_config(variant=""):
   config.model.dropout_rate = 0.2
   config.model.depthwise_impl = "auto"  # 'shifted' on CPU, cuDNN's grouped conv on GPU.
   config.batch_size = 32
-  # Phase 1 trains only the new head, BatchNorm in inference mode; phase 2 fine-tunes the
+  # Phase 1 trains only the new head, BatchNorm in inference mode, on backbone features
+  # computed once (cached_features; no augmentation); phase 2 fine-tunes the
   # head and the last `trainable` blocks (an int; "all" for the whole network) at a lower
   # rate. A phase starts from the best weights of the phases before it.
   config.phases = [
-      dict(name="head", num_epochs=4, learning_rate=1e-3, trainable="head",
-           train_batch_norm=False),
+      dict(name="head", num_epochs=15, learning_rate=1e-3, trainable="head",
+           train_batch_norm=False, cached_features=True),
       dict(name="fine_tune", num_epochs=8, learning_rate=2e-4, trainable=6,
            train_batch_norm=False),
   ]

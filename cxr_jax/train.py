@@ -166,6 +166,69 @@ def make_train_step(model, aug_config, loss_weights, train_batch_norm: bool, mas
 
 
 # ---------------------------------------------------------------------------
+# Head training on cached backbone features (frozen-backbone phase).
+
+
+def cached_features(model, state, phase, train_data, val_data, batch_size: int,
+                    progress) -> tuple[input_pipeline.DecodedSet, input_pipeline.DecodedSet]:
+  """Train/val sets whose "images" are the frozen backbone's pooled features.
+
+  Valid only while nothing below the head trains and BatchNorm is frozen; the
+  training images are then seen without augmentation (the price of computing the
+  backbone once instead of every epoch).
+  """
+  if phase.trainable != "head" or phase.train_batch_norm or not hasattr(model, "features"):
+    raise ValueError(f"phase {phase.name!r}: cached_features needs trainable='head', "
+                     "train_batch_norm=False and a model with features()/classify().")
+  variables = _variables(state)
+  features_fn = jax.jit(lambda v, images: model.apply(
+      v, augment.to_float(images), method=model.features))
+  start = time.time()
+  out = []
+  for data in (train_data, val_data):
+    feats = [(features_fn(variables, b["image"]), b["mask"])
+             for b in input_pipeline.eval_batches(data, batch_size)]
+    feats = np.concatenate([np.asarray(f)[m] for f, m in jax.device_get(feats)])
+    out.append(dataclasses.replace(data, images=feats))
+  seconds = time.time() - start
+  progress.train_seconds += seconds
+  logging.info("Cached backbone features of %d train + %d validation images (%d-d) in %.1fs "
+               "(%.1f img/s); the head trains on them without augmentation.",
+               len(train_data), len(val_data), out[0].images.shape[1], seconds,
+               (len(train_data) + len(val_data)) / seconds)
+  return out[0], out[1]
+
+
+def make_head_step(model, loss_weights):
+  """train_step on cached features: same state structure as a full step, head grads only."""
+  loss_weights = jnp.asarray(loss_weights)
+
+  def head_step(state: TrainState, batch: dict, rng: jax.Array):
+    dropout_rng = jax.random.fold_in(rng, state.step)
+
+    def loss_fn(params):
+      logits = model.apply({"params": params}, batch["image"], train=True,
+                           method=model.classify, rngs={"dropout": dropout_rng})
+      return weighted_bce(logits, batch["label"], loss_weights), logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads)
+    return state, {"loss": loss,
+                   "accuracy": jnp.mean((logits > 0).astype(jnp.float32) == batch["label"]),
+                   "grad_norm": optax.global_norm(grads)}
+
+  return head_step
+
+
+def make_head_predict_fn(model):
+  @jax.jit
+  def predict(variables, features):
+    return jax.nn.sigmoid(model.apply({"params": variables["params"]}, features,
+                                      method=model.classify))
+  return predict
+
+
+# ---------------------------------------------------------------------------
 # Evaluation during training.
 
 
@@ -275,12 +338,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    phase_index + 1, len(phases), phase.name, phase.num_epochs,
                    phase.learning_rate, f"{trainable:,}",
                    "updating" if phase.train_batch_norm else "frozen (inference mode)")
-      train_step = jax.jit(
-          make_train_step(model, config.augment, loss_weights, phase.train_batch_norm,
-                          None if all(jax.tree_util.tree_leaves(mask)) else mask),
-          donate_argnums=(0,))
-      state = _run_phase(config, phase, state, train_step, train_rng, predict_fn,
-                         train_data, val_data, ckpt, writer, progress)
+      if phase.get("cached_features", False):
+        # The frozen backbone's features are computed once; the head trains on them.
+        train_step = jax.jit(make_head_step(model, loss_weights), donate_argnums=(0,))
+        phase_train, phase_val = cached_features(model, state, phase, train_data, val_data,
+                                                 config.eval_batch_size, progress)
+        phase_predict = make_head_predict_fn(model)
+      else:
+        train_step = jax.jit(
+            make_train_step(model, config.augment, loss_weights, phase.train_batch_norm,
+                            None if all(jax.tree_util.tree_leaves(mask)) else mask),
+            donate_argnums=(0,))
+        phase_train, phase_val, phase_predict = train_data, val_data, predict_fn
+      state = _run_phase(config, phase, state, train_step, train_rng, phase_predict,
+                         phase_train, phase_val, ckpt, writer, progress)
       variables = _variables(state)
   finally:
     ckpt.close()
