@@ -9,6 +9,7 @@ import numpy as np
 
 from cxr_jax import augment
 from cxr_jax import input_pipeline
+from cxr_jax import sharding
 
 
 def make_predict_fn(model) -> Callable:
@@ -23,11 +24,17 @@ def make_predict_fn(model) -> Callable:
 
 
 def predict_probs(predict_fn: Callable, variables, data: input_pipeline.DecodedSet,
-                  batch_size: int) -> np.ndarray:
-  """Probabilities for every image of `data`, in order; padding is masked out."""
+                  batch_size: int, mesh=None) -> np.ndarray:
+  """Probabilities for every image of `data`, in order; padding is masked out.
+
+  With a `mesh` (sharding.data_mesh()), each batch is split over its devices.
+  """
   outputs = []
   for batch in input_pipeline.eval_batches(data, batch_size):
-    probs = predict_fn(variables, batch["image"])
+    images = batch["image"]
+    if mesh is not None:
+      images = sharding.shard_batch({"image": images}, mesh)["image"]
+    probs = predict_fn(variables, images)
     outputs.append((probs, batch["mask"]))
   # One transfer at the end instead of a device->host sync per batch.
   return np.concatenate([np.asarray(p)[m] for p, m in jax.device_get(outputs)])

@@ -17,16 +17,20 @@ import time
 from typing import Iterator, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from cxr_jax import image_io
 from cxr_jax import splits
 
-# tf.data only runs on the host: keep TensorFlow off any GPU so JAX gets all its memory.
-try:
-  tf.config.set_visible_devices([], "GPU")
-except RuntimeError:  # TensorFlow was already initialised by the caller; leave it be.
-  pass
+
+def _tensorflow():
+  """TensorFlow, imported on first decode: batching and training need only numpy and JAX."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  # tf.data only runs on the host: keep TensorFlow off any GPU so JAX gets all its memory.
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # TensorFlow was already initialised by the caller; leave it be.
+    pass
+  return tf
 
 
 @dataclasses.dataclass
@@ -53,6 +57,7 @@ class DecodedSet:
 def decode_examples(examples: Sequence[splits.Example], image_size: int, channels: int,
                     description: str = "images") -> DecodedSet:
   """Decodes and resizes every file once, in parallel; bad files are skipped and listed."""
+  tf = _tensorflow()
   height = width = int(image_size)
   paths = [ex.path for ex in examples]
   if not paths:

@@ -32,6 +32,7 @@ from cxr_jax import inference
 from cxr_jax import input_pipeline
 from cxr_jax import metrics as metrics_lib
 from cxr_jax import models
+from cxr_jax import sharding
 
 HISTORY_FILE = "history.json"
 SUMMARY_FILE = "train_summary.json"
@@ -232,8 +233,9 @@ def make_head_predict_fn(model):
 # Evaluation during training.
 
 
-def evaluate_split(predict_fn, variables, data, batch_size: int) -> tuple[dict, np.ndarray]:
-  probs = inference.predict_probs(predict_fn, variables, data, batch_size)
+def evaluate_split(predict_fn, variables, data, batch_size: int, mesh=None
+                   ) -> tuple[dict, np.ndarray]:
+  probs = inference.predict_probs(predict_fn, variables, data, batch_size, mesh)
   m = metrics_lib.binary_metrics(data.labels, probs, threshold=0.5)
   eps = 1e-7
   p = np.clip(probs, eps, 1 - eps)
@@ -295,6 +297,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ValueError(f"Training set has {len(train_data)} images, fewer than "
                      f"config.batch_size={config.batch_size}.")
 
+  mesh = sharding.data_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+  sharding.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
+  if mesh.devices.size > 1:
+    logging.info("Data parallel over %d %s devices.", mesh.devices.size, jax.default_backend())
   rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng = jax.random.split(rng)
   sample = jnp.zeros((1,) + train_data.images.shape[1:], jnp.float32)
@@ -331,6 +338,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state_dict, _ = ckpt.restore_latest(flax.serialization.to_state_dict(state))
         state = flax.serialization.from_state_dict(state, state_dict)
         resume_pending = False
+      state = sharding.replicate(state, mesh)
       mask = trainable_mask(state.params, phase, model)
       trainable = models.param_count(jax.tree_util.tree_map(
           lambda p, m: p if m else jnp.zeros(()), state.params, mask))
@@ -351,7 +359,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             donate_argnums=(0,))
         phase_train, phase_val, phase_predict = train_data, val_data, predict_fn
       state = _run_phase(config, phase, state, train_step, train_rng, phase_predict,
-                         phase_train, phase_val, ckpt, writer, progress)
+                         phase_train, phase_val, ckpt, writer, progress, mesh)
       variables = _variables(state)
   finally:
     ckpt.close()
@@ -377,14 +385,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _run_phase(config, phase, state, train_step, train_rng, predict_fn,
-               train_data, val_data, ckpt, writer, progress: Progress) -> TrainState:
+               train_data, val_data, ckpt, writer, progress: Progress, mesh) -> TrainState:
   steps_per_epoch = len(train_data) // config.batch_size
   while progress.epoch < phase.num_epochs:
     epoch_start = time.time()
     device_metrics = []
     for step_in_epoch, batch in enumerate(input_pipeline.train_batches(
         train_data, config.batch_size, config.seed, progress.global_epoch)):
-      state, step_metrics = train_step(state, batch, train_rng)
+      state, step_metrics = train_step(state, sharding.shard_batch(batch, mesh), train_rng)
       device_metrics.append(step_metrics)  # Stays on device until the next log step.
       if (step_in_epoch + 1) % config.log_every_steps == 0:
         recent = _fetch_mean(device_metrics[-config.log_every_steps:])
@@ -400,7 +408,7 @@ def _run_phase(config, phase, state, train_step, train_rng, predict_fn,
 
     variables = _variables(state)
     val_metrics, val_probs = evaluate_split(predict_fn, variables, val_data,
-                                            config.eval_batch_size)
+                                            config.eval_batch_size, mesh)
     progress.epoch += 1
     progress.global_epoch += 1
     record = {"epoch": progress.global_epoch, "phase": phase.name,
