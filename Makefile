@@ -43,3 +43,16 @@ test: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The comparison report of every trained workdir (see cxr_jax/report.py):
+#   make report EXTERNAL="hospital_b=/data/hospital_b"   (trains missing workdirs first;
+#   REPORT_ARGS= reports only on those that exist)
+WORKDIRS ?= workdirs
+REPORT_DIR ?= reports/latest
+EXTERNAL ?=
+REPORT_ARGS ?= --train_missing
+
+.PHONY: report
+report: setup
+	$(PY) -m cxr_jax.report --workdirs=$(WORKDIRS) --output=$(REPORT_DIR) \
+	  $(foreach e,$(EXTERNAL),--external=$(e)) $(REPORT_ARGS)
