@@ -8,7 +8,7 @@ dropout and BatchNorm statistics updates.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -129,6 +129,7 @@ class MobileNetV2Classifier(nn.Module):
   depthwise_impl: str = "auto"
   weights: str = "imagenet"  # "imagenet" (Keras's file, found by name), a .h5 path, or "none".
   weights_size: int = 224  # Which Keras file (they exist for 96..224) when searched by name.
+  dtype: Any = jnp.float32  # Backbone compute dtype (bfloat16 on accelerators); params stay fp32.
 
   def setup(self):
     from cxr_jax import mobilenet_v2  # pylint: disable=g-import-not-at-top
@@ -138,7 +139,7 @@ class MobileNetV2Classifier(nn.Module):
                    else nn.initializers.zeros)
     self.backbone = mobilenet_v2.MobileNetV2(alpha=self.alpha, include_top=False,
                                              pooling="avg", depthwise_impl=self.depthwise_impl,
-                                             kernel_init=kernel_init)
+                                             kernel_init=kernel_init, dtype=self.dtype)
     self.dropout = nn.Dropout(self.dropout_rate)
     self.head = nn.Dense(1)
 
@@ -151,6 +152,7 @@ class MobileNetV2Classifier(nn.Module):
 
   def classify(self, features, train: bool = False):
     """The head alone: logits [B] from pooled features (cached-feature training)."""
+    features = jnp.asarray(features, jnp.float32)  # The head and the loss stay in fp32.
     return self.head(self.dropout(features, deterministic=not train))[:, 0]
 
   def __call__(self, x, train: bool = False, train_batch_norm: bool | None = None):

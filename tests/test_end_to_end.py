@@ -85,3 +85,25 @@ def test_misspelt_config_override_fails_clearly():
 def test_unknown_config_variant_fails_clearly():
   proc = run_launch("--config=configs/cnn_baseline.py:tiny")
   assert proc.returncode != 0 and "Unknown config variant 'tiny'" in proc.stderr
+
+
+def test_mobilenet_two_phases_checkpoint_and_evaluate(chest_xray_dir, tmp_path):
+  from configs import mobilenet
+  workdir = str(tmp_path / "mobilenet")
+  config = debug_config(mobilenet, chest_xray_dir)
+  summary = train.train_and_evaluate(config, workdir)
+  history = json.load(open(os.path.join(workdir, "history.json")))
+  assert [h["phase"] for h in history] == ["head", "fine_tune"]
+  assert summary["params"] > 300_000
+  result = evaluate.evaluate_folder(workdir, str(chest_xray_dir / "test"), max_per_class=4)
+  assert result["n"] == 8 and result["model"] == "mobilenet_v2"
+
+
+def test_mobilenet_never_falls_back_to_random_weights(tmp_path):
+  from configs import mobilenet
+  from cxr_jax import models
+  config = mobilenet.get_config()
+  config.model.weights = str(tmp_path / "missing.h5")
+  model = models.create_model(config.model)
+  with pytest.raises(FileNotFoundError, match="missing.h5"):
+    models.load_pretrained(model, config.model, variables={})

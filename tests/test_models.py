@@ -52,3 +52,18 @@ def test_class_weights_balance_the_classes():
   np.testing.assert_allclose(w, [2.0, 2 / 3])
   with pytest.raises(ValueError, match="class_weight"):
     train.class_weights(np.array([0, 1]), "inverse")
+
+
+def test_mobilenet_head_phase_trains_only_the_head():
+  from configs import mobilenet
+  config = mobilenet.get_config()
+  model = models.create_model(config.model)
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))["params"]
+  head, fine_tune = [train.get_phases(config)[i] for i in (0, 1)]
+  trained = lambda phase: {"/".join(getattr(k, "key", str(k)) for k in path)
+                           for path, m in jax.tree_util.tree_leaves_with_path(
+                               train.trainable_mask(params, phase, model)) if m}
+  assert trained(head) == {"head/kernel", "head/bias"}
+  tuned = trained(fine_tune)
+  assert "backbone/Conv_1/kernel" in tuned and "backbone/block_16_project/kernel" in tuned
+  assert "backbone/Conv1/kernel" not in tuned and "backbone/block_10_expand/kernel" not in tuned
