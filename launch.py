@@ -6,6 +6,7 @@
 
 import os
 
+import jax
 from absl import app
 from absl import flags
 from absl import logging
@@ -17,6 +18,8 @@ from cxr_jax import train
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
                                 lock_config=True)
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host: "
+                  "run the same command on every host; see README.md).")
 flags.DEFINE_string("workdir", None, "Checkpoints, logs and metrics go here; an existing "
                     "checkpoint is resumed. Default: workdirs/<model name>.")
 
@@ -25,6 +28,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   log_setup.setup()
+  if FLAGS.distributed:
+    jax.distributed.initialize()  # Coordinator/process ids from the environment or cluster.
   config = FLAGS.config
   workdir = FLAGS.workdir or os.path.join("workdirs", config.model.name)
   logging.info("Config:\n%s", config)

@@ -272,6 +272,8 @@ def _log_params(model, variables) -> int:
 
 
 def _write_json(path: str, obj) -> None:
+  if jax.process_index() != 0:  # Multi-host: one writer (Orbax coordinates checkpoints itself).
+    return
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2)
@@ -474,6 +476,8 @@ def _summary_writer(workdir: str):
 
 
 def _write_summaries(writer, record: dict, step: int) -> None:
+  if jax.process_index() != 0:
+    return
   for key, value in record.items():
     if isinstance(value, (int, float)) and value is not None and key != "epoch":
       writer.scalar(key, value, step)
