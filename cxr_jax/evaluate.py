@@ -92,12 +92,17 @@ def format_result(result: dict) -> str:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Training workdir (holds config.json and checkpoints/).")
-flags.DEFINE_string("data_dir", None, "Folder with NORMAL/ and PNEUMONIA/; default: the "
-                    "test/ split of the config's data_dir.")
-flags.DEFINE_string("output", None, "Where to write the metrics JSON; default "
-                    "<workdir>/eval_<folder name>.json.")
-flags.DEFINE_integer("batch_size", None, "Evaluation batch size; default from the config.")
+
+
+def define_flags() -> None:
+  """The command's flags; called only when run as a program, so importing defines none."""
+  flags.DEFINE_string("workdir", None, "Training workdir (holds config.json and checkpoints/).")
+  flags.DEFINE_string("data_dir", None, "Folder with NORMAL/ and PNEUMONIA/; default: the "
+                      "test/ split of the config's data_dir.")
+  flags.DEFINE_string("output", None, "Where to write the metrics JSON; default "
+                      "<workdir>/eval_<folder name>.json.")
+  flags.DEFINE_integer("batch_size", None, "Evaluation batch size; default from the config.")
+  flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
@@ -117,5 +122,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("workdir")
+  define_flags()
   app.run(main)

@@ -333,11 +333,6 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """The command's flags; called only when run as a program, so importing defines none."""
-  # Importing evaluate defined its own --workdir/--output/...; this command has other
-  # defaults and help texts.
-  for name in ("workdir", "output", "batch_size", "data_dir"):
-    if name in FLAGS:
-      delattr(FLAGS, name)
   flags.DEFINE_string("workdir", None, "Training workdir (config.json and the best model).")
   flags.DEFINE_string("output", "predictions.csv", "CSV to write, one row per file.")
   flags.DEFINE_string("gradcam_dir", None, "Write a Grad-CAM overlay PNG per file here "

@@ -811,8 +811,6 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """The command's flags; called only when run as a program, so importing defines none."""
-  if "output" in FLAGS:  # evaluate's, defined when it was imported; this one differs.
-    delattr(FLAGS, "output")
   flags.DEFINE_string("workdirs", "workdirs", "Folder holding one workdir per model name.")
   flags.DEFINE_string("output", "reports/latest", "Where REPORT.md, report.json and figures go.")
   flags.DEFINE_multi_string("external", [], "name=path of a NORMAL/ + PNEUMONIA/ folder to "

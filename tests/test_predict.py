@@ -11,14 +11,12 @@ import subprocess
 import sys
 
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
 
 from cxr_jax import predict
 from tests.conftest import REPO, write_image
+from tests.test_dicom_io import _dataset as dicom_dataset
 from tests.test_report import train_debug_workdirs
 
 
@@ -29,14 +27,8 @@ def workdirs(tmp_path_factory, chest_xray_dir) -> pathlib.Path:
 
 
 def write_dicom(path: pathlib.Path, arr: np.ndarray) -> None:
-  """An uncompressed 8-bit MONOCHROME2 DICOM file of `arr` (as tests/test_dicom_io.py does)."""
-  ds = Dataset()
-  ds.file_meta = FileMetaDataset()
-  ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-  ds.SOPClassUID = pydicom.uid.DigitalXRayImageStorageForPresentation
-  ds.SOPInstanceUID = pydicom.uid.generate_uid()
-  ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-  ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+  """An uncompressed 8-bit MONOCHROME2 DICOM file of `arr`."""
+  ds = dicom_dataset()
   ds.set_pixel_data(arr, "MONOCHROME2", 8, generate_instance_uid=False)
   buf = io.BytesIO()
   ds.save_as(buf, enforce_file_format=True)
