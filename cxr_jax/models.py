@@ -130,6 +130,7 @@ class MobileNetV2Classifier(nn.Module):
   weights: str = "imagenet"  # "imagenet" (Keras's file, found by name), a .h5 path, or "none".
   weights_size: int = 224  # Which Keras file (they exist for 96..224) when searched by name.
   dtype: Any = jnp.float32  # Backbone compute dtype (bfloat16 on accelerators); params stay fp32.
+  gradcam_layer = "backbone/Conv_1_bn"  # The last 7x7 feature map, before ReLU6.
 
   def setup(self):
     from cxr_jax import mobilenet_v2  # pylint: disable=g-import-not-at-top
