@@ -70,9 +70,9 @@ MODELS = (
     ModelSpec("cnn_v3", "configs.cnn_v3", "CNN, 5 double-conv blocks with BatchNorm (128x128)"),
     ModelSpec("mobilenet_v2", "configs.mobilenet",
               "MobileNetV2 alpha 0.35, ImageNet weights, fine-tuned (224x224)"),
-    ModelSpec("mobilenet_v2_1.0", None,
+    ModelSpec("mobilenet_v2_1.0", "configs.mobilenet_alpha1",
               "MobileNetV2 alpha 1.0, approximate ImageNet weights (int8 TFLite, BN folded), "
-              "fine-tuned (224x224)", optional=True),
+              "head on the frozen backbone (224x224)", optional=True),
 )
 
 _START = time.time()

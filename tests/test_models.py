@@ -67,3 +67,10 @@ def test_mobilenet_head_phase_trains_only_the_head():
   tuned = trained(fine_tune)
   assert "backbone/Conv_1/kernel" in tuned and "backbone/block_16_project/kernel" in tuned
   assert "backbone/Conv1/kernel" not in tuned and "backbone/block_10_expand/kernel" not in tuned
+
+
+def test_alpha1_config_uses_the_approximate_file_and_head_phase_only():
+  from configs import mobilenet_alpha1
+  config = mobilenet_alpha1.get_config()
+  assert config.model.alpha == 1.0 and "bnfolded" in config.model.weights
+  assert [p["name"] for p in config.phases] == ["head"]

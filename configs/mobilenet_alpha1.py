@@ -1,0 +1,21 @@
+"""MobileNetV2 alpha 1.0 from the APPROXIMATE ImageNet weights in ../shared/weights (dequantised
+int8 TFLite, BatchNorm folded): a new head trained on the frozen backbone's features.
+
+  python launch.py --config=configs/mobilenet_alpha1.py --workdir=workdirs/mobilenet_v2_1.0
+  python launch.py --config=configs/mobilenet_alpha1.py:debug
+
+Fine-tuning alpha 1.0 takes about an hour per few epochs on 2 CPU cores, so by default
+only the head trains; add a phase (see configs/mobilenet.py) on faster hardware.
+"""
+
+from configs import mobilenet
+
+APPROXIMATE_WEIGHTS = "weights/mobilenet_v2_1.0_224_imagenet_bnfolded_dequant_from_int8_tflite.h5"
+
+
+def get_config(variant=""):
+  config = mobilenet.get_config(variant)
+  config.model.alpha = 1.0
+  config.model.weights = APPROXIMATE_WEIGHTS
+  config.phases = config.phases[:1]  # The frozen-backbone head phase.
+  return config
