@@ -98,3 +98,26 @@ def max_pool_2x2(x, impl: str = "auto"):
   b, h, w, c = x.shape
   x = x[:, :h - h % 2, :w - w % 2, :]
   return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
+class Conv1x1(nn.Module):
+  """Bias-free 1x1 convolution with `nn.Conv`'s kernel (1, 1, C_in, C_out), as a matmul on CPU.
+
+  XLA:CPU runs a 1x1 `conv_general_dilated` ~6x slower forward and ~5x slower in its
+  gradients than the same contraction written as an einsum (measured: 32x56x56x144
+  -> 24 channels, 73 vs 11 ms forward, 345 vs 80 ms for both gradients).
+  """
+  features: int
+  impl: str = "auto"
+  dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features),
+                        jnp.float32)
+    x = jnp.asarray(x, self.dtype)
+    kernel = jnp.asarray(kernel, self.dtype)
+    if _use_fast_cpu_path(self.impl):
+      return jnp.einsum("bhwc,cd->bhwd", x, kernel[0, 0])
+    return lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=_DIMS)

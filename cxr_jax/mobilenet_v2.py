@@ -54,6 +54,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from cxr_jax.depthwise import DepthwiseConv3x3
+from cxr_jax.layers import Conv1x1
 
 # Keras's ImageNet weights exist for these widths (any alpha > 0 builds).
 KERAS_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
@@ -178,8 +179,7 @@ class MobileNetV2(nn.Module):
 
   def _conv1x1(self, features: int, name: str):
     # Keras initialises kernels with glorot_uniform; only matters for layers not loaded.
-    return nn.Conv(features, (1, 1), padding="VALID", use_bias=False, dtype=self.dtype,
-                   kernel_init=self.kernel_init, name=name)
+    return Conv1x1(features, dtype=self.dtype, kernel_init=self.kernel_init, name=name)
 
   def _inverted_res_block(self, x, filters: int, stride: int, expansion: int,
                           block_id: int, train: bool):

@@ -35,3 +35,16 @@ def test_max_pool_matches_flax_and_drops_odd_edges():
 def test_unknown_impl_is_an_error():
   with pytest.raises(ValueError, match="impl"):
     layers.max_pool_2x2(jnp.zeros((1, 2, 2, 1)), impl="fastest")
+
+
+def test_cpu_1x1_conv_matches_flax_conv():
+  x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 5, 4, 7)), jnp.float32)
+  ref = nn.Conv(3, (1, 1), padding="VALID", use_bias=False)
+  params = ref.init(jax.random.PRNGKey(0), x)
+  fast = layers.Conv1x1(3, impl="cpu")
+  assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
+      fast.init(jax.random.PRNGKey(0), x))
+  np.testing.assert_allclose(fast.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-6)
+  loss = lambda m: lambda p: jnp.sum(jnp.sin(m.apply(p, x)))
+  np.testing.assert_allclose(jax.grad(loss(fast))(params)["params"]["kernel"],
+                             jax.grad(loss(ref))(params)["params"]["kernel"], rtol=1e-4, atol=1e-6)
