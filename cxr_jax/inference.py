@@ -25,7 +25,8 @@ def make_predict_fn(model) -> Callable:
 
 def predict_probs(predict_fn: Callable, variables, data: input_pipeline.DecodedSet,
                   batch_size: int, mesh=None) -> np.ndarray:
-  """Probabilities for every image of `data`, in order; padding is masked out.
+  """predict_fn's outputs (probabilities, or any per-image rows) for every image of `data`,
+  in order; padding is masked out.
 
   With a `mesh` (sharding.data_mesh()), each batch is split over its devices.
   """

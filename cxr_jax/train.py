@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax.training import train_state
+from sklearn import metrics as skm
 
 from cxr_jax import augment
 from cxr_jax import checkpoints
@@ -122,6 +123,13 @@ def weighted_bce(logits, labels, weights):
 # The train step.
 
 
+def _step_metrics(loss, logits, labels, grads) -> dict:
+  """Per-step scalars; they stay on device until a log step fetches them."""
+  return {"loss": loss,
+          "accuracy": jnp.mean((logits > 0).astype(jnp.float32) == labels),
+          "grad_norm": optax.global_norm(grads)}
+
+
 def make_train_step(model, aug_config, loss_weights, train_batch_norm: bool, mask=None):
   """Builds train_step(state, batch, rng) -> (state, metrics), pure, jit it with donation.
 
@@ -156,12 +164,7 @@ def make_train_step(model, aug_config, loss_weights, train_batch_norm: bool, mas
 
     (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=new_stats)
-    metrics = {
-        "loss": loss,
-        "accuracy": jnp.mean((logits > 0).astype(jnp.float32) == labels),
-        "grad_norm": optax.global_norm(grads),
-    }
-    return state, metrics
+    return state, _step_metrics(loss, logits, labels, grads)
 
   return train_step
 
@@ -185,12 +188,10 @@ def cached_features(model, state, phase, train_data, val_data, batch_size: int,
   features_fn = jax.jit(lambda v, images: model.apply(
       v, augment.to_float(images), method=model.features))
   start = time.time()
-  out = []
-  for data in (train_data, val_data):
-    feats = [(features_fn(variables, b["image"]), b["mask"])
-             for b in input_pipeline.eval_batches(data, batch_size)]
-    feats = np.concatenate([np.asarray(f)[m] for f, m in jax.device_get(feats)])
-    out.append(dataclasses.replace(data, images=feats))
+  # The same padded, masked batching as predictions: no image is dropped.
+  out = [dataclasses.replace(data, images=inference.predict_probs(features_fn, variables, data,
+                                                                  batch_size))
+         for data in (train_data, val_data)]
   seconds = time.time() - start
   progress.train_seconds += seconds
   logging.info("Cached backbone features of %d train + %d validation images (%d-d) in %.1fs "
@@ -214,9 +215,7 @@ def make_head_step(model, loss_weights):
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads)
-    return state, {"loss": loss,
-                   "accuracy": jnp.mean((logits > 0).astype(jnp.float32) == batch["label"]),
-                   "grad_norm": optax.global_norm(grads)}
+    return state, _step_metrics(loss, logits, batch["label"], grads)
 
   return head_step
 
@@ -237,9 +236,7 @@ def evaluate_split(predict_fn, variables, data, batch_size: int, mesh=None
                    ) -> tuple[dict, np.ndarray]:
   probs = inference.predict_probs(predict_fn, variables, data, batch_size, mesh)
   m = metrics_lib.binary_metrics(data.labels, probs, threshold=0.5)
-  eps = 1e-7
-  p = np.clip(probs, eps, 1 - eps)
-  m["loss"] = float(-np.mean(data.labels * np.log(p) + (1 - data.labels) * np.log(1 - p)))
+  m["loss"] = float(skm.log_loss(data.labels, probs, labels=[0, 1]))
   return m, probs
 
 
@@ -342,8 +339,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         resume_pending = False
       state = sharding.replicate(state, mesh)
       mask = trainable_mask(state.params, phase, model)
-      trainable = models.param_count(jax.tree_util.tree_map(
-          lambda p, m: p if m else jnp.zeros(()), state.params, mask))
+      trainable = sum(p.size for p, m in zip(jax.tree_util.tree_leaves(state.params),
+                                             jax.tree_util.tree_leaves(mask)) if m)
       logging.info("Phase %d/%d %r: %d epochs, lr %g, %s parameters trained, BatchNorm %s.",
                    phase_index + 1, len(phases), phase.name, phase.num_epochs,
                    phase.learning_rate, f"{trainable:,}",
