@@ -6,7 +6,12 @@
 
 import os
 
-import jax
+from cxr_jax import malloc_tuning
+
+if __name__ == "__main__":
+  malloc_tuning.reexec_with_tunables()  # Before any work: restarts this command once.
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 from absl import logging

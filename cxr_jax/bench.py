@@ -445,7 +445,7 @@ def environment() -> dict:
     if module is not None:
       versions[name] = getattr(module, "__version__", "?")
   xla_env = {k: v for k, v in os.environ.items()
-             if k.startswith(("XLA_", "JAX_", "TF_XLA", "CUDA_VISIBLE"))}
+             if k.startswith(("XLA_", "JAX_", "TF_XLA", "CUDA_VISIBLE", "GLIBC_TUNABLES"))}
   return {"backend": jax.default_backend(), "device_kind": dev.device_kind,
           "device_count": jax.device_count(), "platform": platform.platform(),
           "cpu_count": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -636,4 +636,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+  from cxr_jax import malloc_tuning  # pylint: disable=g-import-not-at-top
+  malloc_tuning.reexec_with_tunables()
   main()

@@ -11,7 +11,9 @@ Differences from Keras, on purpose:
   * With `include_top=True` the module returns the LOGITS of `predictions`; Keras
     applies softmax there (use `jax.nn.softmax` to get Keras's output).
   * Inputs are NHWC floats already preprocessed like
-    `keras.applications.mobilenet_v2.preprocess_input` (`x / 127.5 - 1`).
+    `keras.applications.mobilenet_v2.preprocess_input` (`x / 127.5 - 1`). A
+    1-channel input is a gray image standing for the same values in all three
+    channels (the stem sums its kernel over them: same function, a third of the cost).
 
 Keras details reproduced (keras/src/applications/mobilenet_v2.py, imagenet_utils.py):
   * channel counts: `_make_divisible(32 * alpha, 8)` for the stem,
@@ -43,6 +45,12 @@ dtypes; ~1 s), and initialise only what is not loaded (e.g. a new head).
 
 `train=True` normalises with batch statistics and updates `batch_stats`
 (call `apply(..., train=True, mutable=['batch_stats'])`).
+
+CPU training speed (`python -m cxr_jax.bench`): besides the depthwise form, the 1x1
+convolutions are matrix products whose backward reads a materialised gradient
+(`layers.Conv1x1`), BatchNorm and ReLU6 share one hand-written backward
+(`layers.BatchNormAct`), and the stem's kernel gradient is a patches matrix product
+(`layers.StridedConv`); each is the plain XLA op on GPU/TPU.
 """
 
 from __future__ import annotations
@@ -54,7 +62,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from cxr_jax.depthwise import DepthwiseConv3x3
-from cxr_jax.layers import Conv1x1
+from cxr_jax.layers import BatchNormAct, Conv1x1, StridedConv
 
 # Keras's ImageNet weights exist for these widths (any alpha > 0 builds).
 KERAS_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
@@ -142,10 +150,6 @@ def last_blocks_layer_names(n: int, include_top: bool = False) -> list[str]:
   return [name for group in groups[len(groups) - min(n, len(groups)):] for name in group]
 
 
-def _relu6(x):
-  return jnp.minimum(jnp.maximum(x, 0), 6)
-
-
 class MobileNetV2(nn.Module):
   """keras.applications.MobileNetV2 in Flax; see the module docstring.
 
@@ -163,9 +167,9 @@ class MobileNetV2(nn.Module):
   # zeros: random initialisers cost ~0.6 s of XLA compile per shape on 2 CPU cores.
   kernel_init: Any = nn.initializers.glorot_uniform()
 
-  def _bn(self, name: str, train: bool):
-    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                        epsilon=BN_EPSILON, dtype=self.dtype, name=name)
+  def _bn(self, name: str, train: bool, relu6: bool = True):
+    return BatchNormAct(use_running_average=not train, momentum=BN_MOMENTUM,
+                        epsilon=BN_EPSILON, relu6=relu6, dtype=self.dtype, name=name)
 
   def _depthwise_impl(self, x) -> str:
     # Outside jit (eager init/apply), 'shifted' dispatches ~30 tiny ops per layer, each
@@ -189,7 +193,7 @@ class MobileNetV2(nn.Module):
     prefix = block_prefix(block_id)
     if block_id:
       x = self._conv1x1(expansion * in_channels, f"{prefix}expand")(x)
-      x = _relu6(self._bn(f"{prefix}expand_BN", train)(x))
+      x = self._bn(f"{prefix}expand_BN", train)(x)
     if stride == 2:
       padding = correct_pad(x.shape[1:3], 3)
     else:
@@ -197,9 +201,9 @@ class MobileNetV2(nn.Module):
     x = DepthwiseConv3x3(stride=stride, padding=padding, impl=self._depthwise_impl(x),
                          dtype=self.dtype, kernel_init=self.kernel_init,
                          name=f"{prefix}depthwise")(x)
-    x = _relu6(self._bn(f"{prefix}depthwise_BN", train)(x))
+    x = self._bn(f"{prefix}depthwise_BN", train)(x)
     x = self._conv1x1(pointwise_filters, f"{prefix}project")(x)
-    x = self._bn(f"{prefix}project_BN", train)(x)  # linear bottleneck: no ReLU
+    x = self._bn(f"{prefix}project_BN", train, relu6=False)(x)  # linear bottleneck
     if in_channels == pointwise_filters and stride == 1:
       x = inputs + x
     return x
@@ -215,14 +219,14 @@ class MobileNetV2(nn.Module):
       raise ValueError(f"pooling must be None, 'avg' or 'max'; got {self.pooling!r}")
     x = jnp.asarray(x, self.dtype)
 
-    x = nn.Conv(first_block_filters(self.alpha), (3, 3), strides=(2, 2), padding="SAME",
-                use_bias=False, dtype=self.dtype,
-                kernel_init=self.kernel_init, name="Conv1")(x)
-    x = _relu6(self._bn("bn_Conv1", train)(x))
+    x = StridedConv(first_block_filters(self.alpha), (3, 3), strides=(2, 2), padding="SAME",
+                    in_features=3, dtype=self.dtype, kernel_init=self.kernel_init,
+                    name="Conv1")(x)
+    x = self._bn("bn_Conv1", train)(x)
     for block_id, (filters, stride, expansion) in enumerate(INVERTED_RESIDUAL_BLOCKS):
       x = self._inverted_res_block(x, filters, stride, expansion, block_id, train)
     x = self._conv1x1(last_block_filters(self.alpha), "Conv_1")(x)
-    x = _relu6(self._bn("Conv_1_bn", train)(x))
+    x = self._bn("Conv_1_bn", train)(x)
 
     if self.include_top:
       x = jnp.mean(x, axis=(1, 2))

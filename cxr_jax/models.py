@@ -119,7 +119,7 @@ class MobileNetV2Classifier(nn.Module):
   """MobileNetV2 backbone (Keras layer names, ImageNet weights) + a new PNEUMONIA head.
 
   X-rays arrive as [B,H,W,1] in [0, 1]; they are mapped to Keras's
-  `preprocess_input` range [-1, 1] and the gray channel is repeated to the three
+  `preprocess_input` range [-1, 1]; the gray channel stands for the three equal
   channels the ImageNet filters expect (an RGB input is used as it is).
   `train_batch_norm=False` keeps BatchNorm in inference mode while dropout trains:
   the usual transfer-learning setting (Keras's `base_model(x, training=False)`).
@@ -146,10 +146,9 @@ class MobileNetV2Classifier(nn.Module):
 
   def features(self, x, train_batch_norm: bool = False):
     """Pooled backbone features [B, C] of [0, 1] images."""
-    x = x * 2.0 - 1.0
-    if x.shape[-1] == 1:
-      x = jnp.repeat(x, 3, axis=-1)
-    return self.backbone(x, train=train_batch_norm)
+    # A gray [B,H,W,1] image goes in as it is: the backbone's stem treats one channel
+    # as the same image in all three (cheaper than repeating it).
+    return self.backbone(x * 2.0 - 1.0, train=train_batch_norm)
 
   def classify(self, features, train: bool = False):
     """The head alone: logits [B] from pooled features (cached-feature training)."""

@@ -845,5 +845,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from cxr_jax import malloc_tuning  # pylint: disable=g-import-not-at-top
+  malloc_tuning.reexec_with_tunables()
   define_flags()
   app.run(main)

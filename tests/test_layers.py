@@ -45,6 +45,84 @@ def test_cpu_1x1_conv_matches_flax_conv():
   assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
       fast.init(jax.random.PRNGKey(0), x))
   np.testing.assert_allclose(fast.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-6)
-  loss = lambda m: lambda p: jnp.sum(jnp.sin(m.apply(p, x)))
-  np.testing.assert_allclose(jax.grad(loss(fast))(params)["params"]["kernel"],
-                             jax.grad(loss(ref))(params)["params"]["kernel"], rtol=1e-4, atol=1e-6)
+  loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))
+  g_fast = jax.grad(loss(fast), argnums=(0, 1))(params, x)
+  g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
+  for a, b in zip(jax.tree_util.tree_leaves(g_fast), jax.tree_util.tree_leaves(g_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("size,strides", [(9, (2, 2)), (8, (2, 2)), (7, (1, 1))])
+@pytest.mark.parametrize("impl", ["cpu", "native"])
+def test_strided_conv_matches_flax_conv(size, strides, impl):
+  x = jnp.asarray(np.random.default_rng(3).standard_normal((2, size, size + 1, 3)), jnp.float32)
+  ref = nn.Conv(4, (3, 3), strides=strides, padding="SAME", use_bias=False)
+  params = ref.init(jax.random.PRNGKey(0), x)
+  conv = layers.StridedConv(4, (3, 3), strides=strides, padding="SAME", impl=impl)
+  assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
+      conv.init(jax.random.PRNGKey(0), x))
+  np.testing.assert_allclose(conv.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
+  loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))
+  g_conv = jax.grad(loss(conv), argnums=(0, 1))(params, x)
+  g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
+  for a, b in zip(jax.tree_util.tree_leaves(g_conv), jax.tree_util.tree_leaves(g_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_strided_conv_takes_one_channel_as_the_image_repeated():
+  gray = jnp.asarray(np.random.default_rng(4).standard_normal((2, 10, 10, 1)), jnp.float32)
+  conv = layers.StridedConv(4, (3, 3), strides=(2, 2), in_features=3, impl="cpu")
+  params = conv.init(jax.random.PRNGKey(0), gray)
+  assert params["params"]["kernel"].shape == (3, 3, 3, 4)
+  rgb = jnp.repeat(gray, 3, axis=-1)
+  np.testing.assert_allclose(conv.apply(params, gray), conv.apply(params, rgb),
+                             rtol=1e-5, atol=1e-5)
+  grad = lambda x: jax.grad(lambda p: jnp.sum(jnp.sin(conv.apply(p, x))))(params)
+  np.testing.assert_allclose(grad(gray)["params"]["kernel"], grad(rgb)["params"]["kernel"],
+                             rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="input channels"):
+    conv.apply(params, jnp.zeros((1, 10, 10, 2)))
+
+
+@pytest.mark.parametrize("relu6", [False, True])
+@pytest.mark.parametrize("impl", ["cpu", "native"])
+def test_batch_norm_act_matches_flax_batch_norm(relu6, impl):
+  rng = np.random.default_rng(5)
+  # Shifted and scaled so that ReLU6 clips at both ends.
+  x = jnp.asarray(rng.standard_normal((4, 5, 3, 6)) * 3 + 1, jnp.float32)
+  ref = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-3)
+  variables = ref.init(jax.random.PRNGKey(0), x)
+  variables = {"params": {"scale": jnp.asarray(rng.uniform(2.5, 4, 6), jnp.float32),
+                          "bias": jnp.asarray(rng.standard_normal(6), jnp.float32)},
+               "batch_stats": {"mean": jnp.asarray(rng.standard_normal(6), jnp.float32),
+                               "var": jnp.asarray(rng.uniform(0.5, 2, 6), jnp.float32)}}
+  bn = layers.BatchNormAct(use_running_average=False, momentum=0.9, epsilon=1e-3,
+                           relu6=relu6, impl=impl)
+  assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(
+      bn.init(jax.random.PRNGKey(0), x))
+  act = (lambda y: jnp.clip(y, 0, 6)) if relu6 else (lambda y: y)
+
+  def run(module, post):
+    def loss(params, x):
+      y, updates = module.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                                x, mutable=["batch_stats"])
+      y = post(y)
+      return jnp.sum(jnp.sin(y) * jnp.arange(y.size).reshape(y.shape) / y.size), (y, updates)
+    (_, (y, updates)), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+        variables["params"], x)
+    return y, updates, grads
+
+  y, updates, grads = run(bn, lambda y: y)
+  y_ref, updates_ref, grads_ref = run(ref, act)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves((updates, grads)),
+                  jax.tree_util.tree_leaves((updates_ref, grads_ref))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  if relu6:
+    assert float(jnp.min(y)) == 0.0 and float(jnp.max(y)) == 6.0  # both ends clipped
+
+  # Inference mode: the running statistics, nothing updated.
+  infer = bn.clone(use_running_average=True)
+  ref_infer = ref.clone(use_running_average=True)
+  np.testing.assert_allclose(infer.apply(variables, x), act(ref_infer.apply(variables, x)),
+                             rtol=1e-5, atol=1e-5)

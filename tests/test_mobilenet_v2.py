@@ -188,6 +188,25 @@ def test_train_mode_matches_keras(case035):
     kmodel.set_weights(saved)
 
 
+def test_gray_input_is_the_image_in_all_three_channels(case035):
+  """A 1-channel image gives Keras's output on that image repeated to RGB, and the same
+  gradients as the repeated image (the stem sums its kernel instead). Inference-mode
+  BatchNorm: batch statistics of two 45x38 maps amplify rounding differences ~100x."""
+  gray = np.random.default_rng(5).uniform(-1, 1, (2,) + case035["shape"] + (1,)).astype(np.float32)
+  rgb = np.repeat(gray, 3, axis=-1)
+  m = flax_model(0.35, include_top=True, classes=10)
+  v = kw.port_mobilenet_v2(case035["path"], abstract_variables(m, case035["shape"]))
+  assert rel_err(forward(m, v, gray), np.asarray(case035["model"](rgb, training=False))) <= TOL
+
+  weights = np.random.default_rng(6).standard_normal((2, 10)).astype(np.float32)
+
+  def grads(x):
+    loss = lambda params: jnp.sum(m.apply({**v, "params": params}, x) * weights)
+    return jax.jit(jax.grad(loss))(v["params"])
+  for a, b in zip(jax.tree_util.tree_leaves(grads(gray)), jax.tree_util.tree_leaves(grads(rgb))):
+    assert rel_err(a, b) <= TOL
+
+
 @pytest.mark.parametrize("alpha", [0.5, 1.3])
 def test_other_alphas_load_strictly(alpha, tmp_path):
   """Every Keras alpha: same layer names, shapes and parameter count (the strict port checks)."""
