@@ -12,7 +12,11 @@ form.
 
 ``impl``:
   * ``'shifted'`` -- pad, then sum of 9 strided slices of the padded input, each
-    multiplied by one kernel tap (per channel).
+    multiplied by one kernel tap (per channel). Its backward is written by hand:
+    the input gradient as shifted multiply-adds over the padded output gradient
+    (per output parity for stride 2), with input and gradient materialised first,
+    which took a MobileNetV2 alpha 0.35 training step on 2 cores from ~1.45 s to
+    ~0.95 s against autodiff's transpose (measured in one process, interleaved).
   * ``'grouped'`` -- ``lax.conv_general_dilated(..., feature_group_count=C)``.
   * ``'auto'``    -- ``'grouped'`` when ``jax.default_backend()`` is ``'gpu'`` or
     ``'tpu'``, ``'shifted'`` otherwise.
@@ -24,6 +28,7 @@ the kernel in Keras's ``DepthwiseConv2D`` layout ``(3, 3, C, 1)`` (depth multipl
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence, Union
 
 import jax
@@ -107,24 +112,87 @@ def depthwise_conv3x3(
         )
 
     # 'shifted': 9 strided slices of the padded input times per-channel taps.
-    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))) if (pt or pb or pl or pr) else x
     hp, wp = h + pt + pb, w + pl + pr
-    ho, wo = (hp - 3) // stride + 1, (wp - 3) // stride + 1
-    if ho < 1 or wo < 1:
+    if hp < 3 or wp < 3:
         raise ValueError(f"input {h}x{w} (padded {hp}x{wp}) is too small for a 3x3 kernel")
-    k = kernel[:, :, :, 0]  # (3, 3, C)
+    return _shifted_depthwise(x, kernel[:, :, :, 0], stride, ((pt, pb), (pl, pr)))
+
+
+def _tap(xp, i: int, j: int, stride: int, ho: int, wo: int):
+    b, _, _, c = xp.shape
+    return lax.slice(xp, (0, i, j, 0), (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
+                     (1, stride, stride, 1))
+
+
+def _shifted_forward(x, k, stride: int, pads):
+    """(output, padded input) of the 9-tap depthwise convolution; k is (3, 3, C)."""
+    (pt, pb), (pl, pr) = pads
+    # Materialise the input once: otherwise XLA recomputes its producer (BatchNorm,
+    # ReLU6) inside each of the nine taps.
+    x = lax.optimization_barrier(x)
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))) if (pt or pb or pl or pr) else x
+    ho, wo = (xp.shape[1] - 3) // stride + 1, (xp.shape[2] - 3) // stride + 1
     out = None
     for i in range(3):
         for j in range(3):
-            tap = lax.slice(
-                xp,
-                (0, i, j, 0),
-                (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
-                (1, stride, stride, 1),
-            )
-            term = tap * k[i, j]
+            term = _tap(xp, i, j, stride, ho, wo) * k[i, j]
             out = term if out is None else out + term
-    return out
+    return out, xp
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _shifted_depthwise(x, k, stride: int, pads):
+    return _shifted_forward(x, k, stride, pads)[0]
+
+
+def _shifted_depthwise_fwd(x, k, stride, pads):
+    out, xp = _shifted_forward(x, k, stride, pads)
+    return out, (xp, k)
+
+
+def _shifted_depthwise_bwd(stride, pads, residuals, g):
+    """Kernel gradient: 9 reductions of tap * g. Input gradient: the transposed
+    convolution as shifted multiply-adds over the materialised, padded gradient (for
+    stride 2 per output parity), not autodiff's interior-padded slices, which XLA:CPU
+    fuses into the upstream BatchNorm backward at ~8 ns per element."""
+    xp, k = residuals
+    (pt, _), (pl, _) = pads
+    b, ho, wo, c = g.shape
+    h, w = xp.shape[1] - sum(pads[0]), xp.shape[2] - sum(pads[1])
+    g = lax.optimization_barrier(g)
+    grad_k = jnp.stack([jnp.sum(_tap(xp, i, j, stride, ho, wo) * g, axis=(0, 1, 2))
+                        for i in range(3) for j in range(3)]).reshape(3, 3, c)
+    if stride == 1:
+        # grad_x[y, x] = sum_ij g[y + pt - i, x + pl - j] k[i, j], g zero outside.
+        gp = lax.optimization_barrier(jnp.pad(g, ((0, 0), (2, 2), (2, 2), (0, 0))))
+        grad_x = None
+        for i in range(3):
+            for j in range(3):
+                term = lax.slice(gp, (0, pt + 2 - i, pl + 2 - j, 0),
+                                 (b, pt + 2 - i + h, pl + 2 - j + w, c)) * k[i, j]
+                grad_x = term if grad_x is None else grad_x + term
+    else:
+        # Padded-input row u = 2m + r gets taps i = r (from g[m]) and, for r = 0, i = 2
+        # (from g[m - 1]); likewise for columns. gq[m + 1] = g[m], zero at both ends.
+        gq = lax.optimization_barrier(jnp.pad(g, ((0, 0), (1, 1), (1, 1), (0, 0))))
+        rows = {0: ((0, 1), (2, 0)), 1: ((1, 1),)}  # parity -> ((tap, gq offset), ...)
+        phases = []
+        for r in (0, 1):
+            row = []
+            for s in (0, 1):
+                acc = None
+                for i, di in rows[r]:
+                    for j, dj in rows[s]:
+                        term = lax.slice(gq, (0, di, dj, 0), (b, di + ho + 1, dj + wo + 1, c)) * k[i, j]
+                        acc = term if acc is None else acc + term
+                row.append(acc)
+            phases.append(jnp.stack(row, axis=3))  # (b, ho+1, wo+1, 2, c)
+        full = jnp.stack(phases, axis=2).reshape(b, 2 * (ho + 1), 2 * (wo + 1), c)
+        grad_x = full[:, pt:pt + h, pl:pl + w, :]
+    return grad_x.astype(xp.dtype), grad_k.astype(k.dtype)
+
+
+_shifted_depthwise.defvjp(_shifted_depthwise_fwd, _shifted_depthwise_bwd)
 
 
 class DepthwiseConv3x3(nn.Module):
