@@ -15,7 +15,9 @@ One run prints one table:
     `train_on_batch` (XLA, Keras's default), whichever is faster on this machine;
     inference by `model(x, training=False)` in a `tf.function` or `predict_on_batch`,
     the faster. The Keras step has no augmentation (the Flax one does), so the
-    Flax/Keras training ratio errs against Flax. Skipped with a note when
+    Flax/Keras training ratio errs against Flax. Keras is fed the 3-channel copy
+    of the X-ray that keras.applications requires; the Flax classifier takes the
+    gray channel (its stem sums the RGB kernel: same function, cheaper). Skipped with a note when
     TensorFlow is not importable (`--keras=auto`).
   * The input pipeline (`input_pipeline.train_batches` over resident synthetic uint8
     images, with and without the host->device copy) and the on-device augmentation
@@ -554,7 +556,8 @@ def format_table(result: dict) -> str:
       lines.append(f"  Keras ({k['dtype_policy']}): train by {k['train_way']} "
                    f"(probe ms/step {k['train_probe_ms']}), infer by {k['infer_way']} "
                    f"(probe ms/step {k['infer_probe_ms']}); first call {k['train_compile_s']:.1f}"
-                   f" s / {k['infer_compile_s']:.1f} s; Keras steps have no augmentation")
+                   f" s / {k['infer_compile_s']:.1f} s; Keras steps have no augmentation and take "
+                   "the 3-channel image")
     if "eval" in m:
       e = m["eval"]
       lines.append(f"  eval of {e['images']} resident images -> probabilities: "

@@ -7,20 +7,23 @@ import pytest
 from cxr_jax import layers
 
 
-@pytest.mark.parametrize("kernel_size,c_in", [((3, 3), 1), ((3, 3), 5), ((1, 1), 4), ((5, 5), 3)])
-def test_cpu_conv_matches_flax_conv_values_and_gradients(kernel_size, c_in):
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((2, 9, 7, c_in)), jnp.float32)
-  ref, fast = nn.Conv(6, kernel_size), layers.Conv(6, kernel_size, impl="cpu")
+def assert_same_as_flax(ref, module, x, atol=1e-5):
+  """Same variable tree as the Flax module, same outputs, same parameter and input gradients."""
   params = ref.init(jax.random.PRNGKey(0), x)
   assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
-      fast.init(jax.random.PRNGKey(0), x))
+      module.init(jax.random.PRNGKey(0), x))
+  np.testing.assert_allclose(module.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=atol)
   loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))
-  np.testing.assert_allclose(fast.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
-  g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
-  g_fast = jax.grad(loss(fast), argnums=(0, 1))(params, x)
-  for a, b in zip(jax.tree_util.tree_leaves(g_fast), jax.tree_util.tree_leaves(g_ref)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  grads = jax.grad(loss(module), argnums=(0, 1))(params, x)
+  grads_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
+  for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(grads_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol)
+
+
+@pytest.mark.parametrize("kernel_size,c_in", [((3, 3), 1), ((3, 3), 5), ((1, 1), 4), ((5, 5), 3)])
+def test_cpu_conv_matches_flax_conv_values_and_gradients(kernel_size, c_in):
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 9, 7, c_in)), jnp.float32)
+  assert_same_as_flax(nn.Conv(6, kernel_size), layers.Conv(6, kernel_size, impl="cpu"), x)
 
 
 def test_max_pool_matches_flax_and_drops_odd_edges():
@@ -39,34 +42,16 @@ def test_unknown_impl_is_an_error():
 
 def test_cpu_1x1_conv_matches_flax_conv():
   x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 5, 4, 7)), jnp.float32)
-  ref = nn.Conv(3, (1, 1), padding="VALID", use_bias=False)
-  params = ref.init(jax.random.PRNGKey(0), x)
-  fast = layers.Conv1x1(3, impl="cpu")
-  assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
-      fast.init(jax.random.PRNGKey(0), x))
-  np.testing.assert_allclose(fast.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-6)
-  loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))
-  g_fast = jax.grad(loss(fast), argnums=(0, 1))(params, x)
-  g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
-  for a, b in zip(jax.tree_util.tree_leaves(g_fast), jax.tree_util.tree_leaves(g_ref)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert_same_as_flax(nn.Conv(3, (1, 1), padding="VALID", use_bias=False),
+                      layers.Conv1x1(3, impl="cpu"), x, atol=1e-6)
 
 
 @pytest.mark.parametrize("size,strides", [(9, (2, 2)), (8, (2, 2)), (7, (1, 1))])
 @pytest.mark.parametrize("impl", ["cpu", "native"])
 def test_strided_conv_matches_flax_conv(size, strides, impl):
   x = jnp.asarray(np.random.default_rng(3).standard_normal((2, size, size + 1, 3)), jnp.float32)
-  ref = nn.Conv(4, (3, 3), strides=strides, padding="SAME", use_bias=False)
-  params = ref.init(jax.random.PRNGKey(0), x)
-  conv = layers.StridedConv(4, (3, 3), strides=strides, padding="SAME", impl=impl)
-  assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
-      conv.init(jax.random.PRNGKey(0), x))
-  np.testing.assert_allclose(conv.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
-  loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))
-  g_conv = jax.grad(loss(conv), argnums=(0, 1))(params, x)
-  g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
-  for a, b in zip(jax.tree_util.tree_leaves(g_conv), jax.tree_util.tree_leaves(g_ref)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  assert_same_as_flax(nn.Conv(4, (3, 3), strides=strides, padding="SAME", use_bias=False),
+                      layers.StridedConv(4, (3, 3), strides=strides, padding="SAME", impl=impl), x)
 
 
 def test_strided_conv_takes_one_channel_as_the_image_repeated():
