@@ -127,12 +127,13 @@ def _tap(xp, i: int, j: int, stride: int, ho: int, wo: int):
 def _shifted_forward(x, k, stride: int, pads, materialize: bool):
     """(output, padded input) of the 9-tap depthwise convolution; k is (3, 3, C)."""
     (pt, pb), (pl, pr) = pads
+    # lax.pad: negative amounts crop, which the stride-1 input gradient uses.
+    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
     if materialize:
         # For training: the backward slices the padded input nine more times, so compute
-        # its producer (BatchNorm, ReLU6) once instead of inside every tap. Inference
-        # is faster with the producer fused into the one output loop.
-        x = lax.optimization_barrier(x)
-    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))) if (pt or pb or pl or pr) else x
+        # it and its producer (BatchNorm, ReLU6) once instead of inside every tap.
+        # Inference is faster with the producer fused into the one output loop.
+        xp = lax.optimization_barrier(xp)
     ho, wo = (xp.shape[1] - 3) // stride + 1, (xp.shape[2] - 3) // stride + 1
     out = None
     for i in range(3):
@@ -154,25 +155,21 @@ def _shifted_depthwise_fwd(x, k, stride, pads):
 
 def _shifted_depthwise_bwd(stride, pads, residuals, g):
     """Kernel gradient: 9 reductions of tap * g. Input gradient: the transposed
-    convolution as shifted multiply-adds over the materialised, padded gradient (for
-    stride 2 per output parity), not autodiff's interior-padded slices, which XLA:CPU
-    fuses into the upstream BatchNorm backward at ~8 ns per element."""
+    convolution as shifted multiply-adds over the materialised gradient (for stride 2
+    per output parity), not autodiff's interior-padded slices, which XLA:CPU fuses
+    into the upstream BatchNorm backward at ~8 ns per element."""
     xp, k = residuals
-    (pt, _), (pl, _) = pads
+    (pt, pb), (pl, pr) = pads
     b, ho, wo, c = g.shape
-    h, w = xp.shape[1] - sum(pads[0]), xp.shape[2] - sum(pads[1])
+    h, w = xp.shape[1] - pt - pb, xp.shape[2] - pl - pr
     g = lax.optimization_barrier(g)
     grad_k = jnp.stack([jnp.sum(_tap(xp, i, j, stride, ho, wo) * g, axis=(0, 1, 2))
                         for i in range(3) for j in range(3)]).reshape(3, 3, c)
     if stride == 1:
-        # grad_x[y, x] = sum_ij g[y + pt - i, x + pl - j] k[i, j], g zero outside.
-        gp = lax.optimization_barrier(jnp.pad(g, ((0, 0), (2, 2), (2, 2), (0, 0))))
-        grad_x = None
-        for i in range(3):
-            for j in range(3):
-                term = lax.slice(gp, (0, pt + 2 - i, pl + 2 - j, 0),
-                                 (b, pt + 2 - i + h, pl + 2 - j + w, c)) * k[i, j]
-                grad_x = term if grad_x is None else grad_x + term
+        # grad_x[y, x] = sum_ij g[y + pt - i, x + pl - j] k[i, j] (g zero outside): the
+        # same shifted sum with the kernel flipped, over g padded by 2 - pad.
+        grad_x = _shifted_forward(g, k[::-1, ::-1], 1, ((2 - pt, 2 - pb), (2 - pl, 2 - pr)),
+                                  materialize=True)[0]
     else:
         # Padded-input row u = 2m + r gets taps i = r (from g[m]) and, for r = 0, i = 2
         # (from g[m - 1]); likewise for columns. gq[m + 1] = g[m], zero at both ends.

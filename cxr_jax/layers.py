@@ -32,43 +32,41 @@ def _same_padding(kernel_size: int) -> tuple[int, int]:
   return ((kernel_size - 1) // 2, kernel_size // 2)
 
 
-def _conv(x, kernel):
-  pad = _same_padding(kernel.shape[0]), _same_padding(kernel.shape[1])
-  return lax.conv_general_dilated(x, kernel, (1, 1), pad, dimension_numbers=_DIMS)
+def _extract_patches(x, kh: int, kw: int, strides: tuple[int, int], pads):
+  """[B*Ho*Wo, kh*kw*C] patches, tap-major like an HWIO kernel's reshape."""
+  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  (sh, sw), c = strides, x.shape[-1]
+  ho = (xp.shape[1] - kh) // sh + 1
+  wo = (xp.shape[2] - kw) // sw + 1
+  taps = [lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + sh * (ho - 1) + 1,
+                                       j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
+          for i in range(kh) for j in range(kw)]
+  return jnp.concatenate(taps, axis=-1).reshape(-1, kh * kw * c)
 
 
-def _patches(x, kh: int, kw: int):
-  """[B*H*W, kh*kw*C] stride-1 SAME patches, tap-major like an HWIO kernel's reshape."""
-  b, h, w, c = x.shape
-  (pt, pb), (pl, pr) = _same_padding(kh), _same_padding(kw)
-  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-  taps = [xp[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)]
-  return jnp.concatenate(taps, axis=-1).reshape(b * h * w, kh * kw * c)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def strided_conv(x, kernel, strides: tuple[int, int], pads: tuple[tuple[int, int], ...]):
+  """NHWC x HWIO convolution (explicit padding) with a patches @ gradient kernel gradient."""
+  return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DIMS)
 
 
-@jax.custom_vjp
-def conv_same(x, kernel):
-  """Stride-1 SAME convolution, NHWC x HWIO, with a matmul kernel gradient."""
-  return _conv(x, kernel)
+def _strided_conv_fwd(x, kernel, strides, pads):
+  return strided_conv(x, kernel, strides, pads), (x, kernel)
 
 
-def _conv_fwd(x, kernel):
-  return _conv(x, kernel), (x, kernel)
-
-
-def _conv_bwd(residuals, g):
+def _strided_conv_bwd(strides, pads, residuals, g):
   x, kernel = residuals
-  kh, kw, c_in, c_out = kernel.shape
-  grad_kernel = (_patches(x, kh, kw).T @ g.reshape(-1, c_out)).reshape(kernel.shape)
-  pad = _same_padding(kh), _same_padding(kw)
-  # The input gradient is the transposed convolution, as autodiff would emit.
+  kh, kw, _, c_out = kernel.shape
+  g = lax.optimization_barrier(g)
+  grad_kernel = _extract_patches(x, kh, kw, strides, pads).T @ g.reshape(-1, c_out)
+  # Autodiff's transposed convolution; dropped by XLA when x is the (constant) image.
   _, input_vjp = jax.vjp(lambda x_: lax.conv_general_dilated(
-      x_, kernel, (1, 1), pad, dimension_numbers=_DIMS), x)
+      x_, kernel, strides, pads, dimension_numbers=_DIMS), x)
   (grad_x,) = input_vjp(g)
-  return grad_x, grad_kernel.astype(kernel.dtype)
+  return grad_x, grad_kernel.reshape(kernel.shape).astype(kernel.dtype)
 
 
-conv_same.defvjp(_conv_fwd, _conv_bwd)
+strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
 
 
 class Conv(nn.Module):
@@ -86,7 +84,11 @@ class Conv(nn.Module):
                         tuple(self.kernel_size) + (x.shape[-1], self.features), jnp.float32)
     x = jnp.asarray(x, self.dtype)
     kernel = jnp.asarray(kernel, self.dtype)
-    y = conv_same(x, kernel) if _use_fast_cpu_path(self.impl) else _conv(x, kernel)
+    pads = (_same_padding(self.kernel_size[0]), _same_padding(self.kernel_size[1]))
+    if _use_fast_cpu_path(self.impl):
+      y = strided_conv(x, kernel, (1, 1), pads)
+    else:
+      y = lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_DIMS)
     if self.use_bias:
       y = y + jnp.asarray(self.param("bias", nn.initializers.zeros, (self.features,)), self.dtype)
     return y
@@ -236,54 +238,13 @@ class BatchNormAct(nn.Module):
                         self.relu6).astype(self.dtype)
     if _use_fast_cpu_path(self.impl):
       y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, self.relu6)
-    else:
-      x32 = x.astype(jnp.float32)
-      mean, var = _batch_stats(x32, tuple(range(x.ndim - 1)))
-      y = _normalize(x32, mean, lax.rsqrt(var + self.epsilon), scale, bias,
-                     self.relu6).astype(self.dtype)
+    else:  # Autodiff through the same formula.
+      y, mean, var, _ = _batch_norm_train_fwd_values(x, scale, bias, self.epsilon, self.relu6)
     if not self.is_initializing():
       mean, var = lax.stop_gradient(mean), lax.stop_gradient(var)
       ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * var
     return y
-
-
-
-def _extract_patches(x, kh: int, kw: int, strides: tuple[int, int], pads):
-  """[B*Ho*Wo, kh*kw*C] patches, tap-major like an HWIO kernel's reshape."""
-  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-  (sh, sw), c = strides, x.shape[-1]
-  ho = (xp.shape[1] - kh) // sh + 1
-  wo = (xp.shape[2] - kw) // sw + 1
-  taps = [lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + sh * (ho - 1) + 1,
-                                       j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
-          for i in range(kh) for j in range(kw)]
-  return jnp.concatenate(taps, axis=-1).reshape(-1, kh * kw * c)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def strided_conv(x, kernel, strides: tuple[int, int], pads: tuple[tuple[int, int], ...]):
-  """NHWC x HWIO convolution (explicit padding) with a patches @ gradient kernel gradient."""
-  return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DIMS)
-
-
-def _strided_conv_fwd(x, kernel, strides, pads):
-  return strided_conv(x, kernel, strides, pads), (x, kernel)
-
-
-def _strided_conv_bwd(strides, pads, residuals, g):
-  x, kernel = residuals
-  kh, kw, _, c_out = kernel.shape
-  g = lax.optimization_barrier(g)
-  grad_kernel = _extract_patches(x, kh, kw, strides, pads).T @ g.reshape(-1, c_out)
-  # Autodiff's transposed convolution; dropped by XLA when x is the (constant) image.
-  _, input_vjp = jax.vjp(lambda x_: lax.conv_general_dilated(
-      x_, kernel, strides, pads, dimension_numbers=_DIMS), x)
-  (grad_x,) = input_vjp(g)
-  return grad_x, grad_kernel.reshape(kernel.shape).astype(kernel.dtype)
-
-
-strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
 
 
 class StridedConv(nn.Module):
