@@ -269,9 +269,7 @@ def bench_cached_features(model, variables, config, batch: dict, warmup: int, st
   del state
 
   # The one backbone pass of train.cached_features (same function, per batch).
-  features_fn = jax.jit(lambda v, images: model.apply(
-      v, augment.to_float(images), method=model.features))
-  features_fn, feat_compile = _compile(features_fn, variables, batch["image"])
+  features_fn, feat_compile = _compile(train.make_features_fn(model), variables, batch["image"])
   _, feat_s = time_independent(lambda: features_fn(variables, batch["image"]), warmup, steps)
 
   # Head steps on cached features.

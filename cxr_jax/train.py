@@ -173,6 +173,12 @@ def make_train_step(model, aug_config, loss_weights, train_batch_norm: bool, mas
 # Head training on cached backbone features (frozen-backbone phase).
 
 
+def make_features_fn(model):
+  """features_fn(variables, uint8 images) -> pooled backbone features, jitted."""
+  return jax.jit(lambda v, images: model.apply(v, augment.to_float(images),
+                                               method=model.features))
+
+
 def cached_features(model, state, phase, train_data, val_data, batch_size: int,
                     progress) -> tuple[input_pipeline.DecodedSet, input_pipeline.DecodedSet]:
   """Train/val sets whose "images" are the frozen backbone's pooled features.
@@ -185,8 +191,7 @@ def cached_features(model, state, phase, train_data, val_data, batch_size: int,
     raise ValueError(f"phase {phase.name!r}: cached_features needs trainable='head', "
                      "train_batch_norm=False and a model with features()/classify().")
   variables = _variables(state)
-  features_fn = jax.jit(lambda v, images: model.apply(
-      v, augment.to_float(images), method=model.features))
+  features_fn = make_features_fn(model)
   start = time.time()
   # The same padded, masked batching as predictions: no image is dropped.
   out = [dataclasses.replace(data, images=inference.predict_probs(features_fn, variables, data,
