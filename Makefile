@@ -7,7 +7,7 @@ SHARED ?= ../shared
 CONFIG ?= configs/mobilenet.py
 ARGS ?=
 # Stops XLA:CPU from page-faulting its temporaries on every step (~40% faster training
-# on CPU; see cxr_jax/malloc_tuning.py, whose TUNABLES these must equal).
+# on CPU; see cxr_jax/tools/malloc_tuning.py, whose TUNABLES these must equal).
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296
 
 .PHONY: train test setup link-shared clean-venv
@@ -47,7 +47,7 @@ test: setup
 clean-venv:
 	rm -rf $(VENV)
 
-# The comparison report of every trained workdir (see cxr_jax/report.py):
+# The comparison report of every trained workdir (see cxr_jax/report/):
 #   make report EXTERNAL="hospital_b=/data/hospital_b"   (trains missing workdirs first;
 #   REPORT_ARGS= reports only on those that exist)
 WORKDIRS ?= workdirs
@@ -57,5 +57,5 @@ REPORT_ARGS ?= --train_missing
 
 .PHONY: report
 report: setup
-	$(PY) -m cxr_jax.report --workdirs=$(WORKDIRS) --output=$(REPORT_DIR) \
+	$(PY) -m cxr_jax.tools.report --workdirs=$(WORKDIRS) --output=$(REPORT_DIR) \
 	  $(foreach e,$(EXTERNAL),--external=$(e)) $(REPORT_ARGS)

@@ -4,43 +4,41 @@
   python launch.py --config=configs/cnn_v3.py:debug --workdir=/tmp/debug
 """
 
-import os
-
-from cxr_jax import malloc_tuning
-
 if __name__ == "__main__":
-  malloc_tuning.reexec_with_tunables()  # Before any work: restarts this command once.
+  from cxr_jax.tools import malloc_tuning
+  malloc_tuning.reexec_with_tunables()  # Before the heavy imports: restarts once.
 
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import os  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import jax
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from cxr_jax import log_setup
 from cxr_jax import train
+from cxr_jax.tools import startup
 
-FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
                                 lock_config=True)
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host: "
                   "run the same command on every host; see README.md).")
 flags.DEFINE_string("workdir", None, "Checkpoints, logs and metrics go here; an existing "
-                    "checkpoint is resumed. Default: workdirs/<model name>.")
+                    "checkpoint is resumed. Default: workdirs/<config.name>.")
+FLAGS = flags.FLAGS
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  log_setup.setup()
   if FLAGS.distributed:
     jax.distributed.initialize()  # Coordinator/process ids from the environment or cluster.
   config = FLAGS.config
-  workdir = FLAGS.workdir or os.path.join("workdirs", config.model.name)
+  workdir = FLAGS.workdir or os.path.join("workdirs", config.name or config.model.name)
   logging.info("Config:\n%s", config)
   train.train_and_evaluate(config, workdir)
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  startup.run(main, resume_hint="Re-running the same command resumes from the last epoch.")

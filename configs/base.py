@@ -6,9 +6,14 @@ Not run directly: use one of the model configs, e.g.
 
 import ml_collections
 
+from cxr_jax.data import splits
+
 
 def get_config():
   config = ml_collections.ConfigDict()
+  # The run's name: its default workdir is workdirs/<name> and the report lists it so.
+  config.name = ""
+  config.description = ""  # One line for the report and the model card.
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
@@ -20,9 +25,11 @@ def get_config():
   config.data.tfds_data_dir = "data/tensorflow_datasets"
   config.data.image_size = 128  # Square side the images are resized to.
   config.data.channels = 1  # X-rays are gray; MobileNetV2 repeats to 3 channels itself.
-  config.data.val_fraction = 0.15  # Of train/, carved out by patient.
-  config.data.split_seed = 0
+  config.data.val_fraction = splits.DEFAULT_VAL_FRACTION  # Of train/, carved out by patient.
+  config.data.split_seed = splits.DEFAULT_SPLIT_SEED
   config.data.max_images_per_class = 0  # > 0 keeps only that many per class (debug runs).
+  # Images with a shorter side are skipped with a reason: nothing to see at that size.
+  config.data.min_image_side = 32
 
   config.augment = ml_collections.ConfigDict()
   config.augment.enabled = True
@@ -35,6 +42,8 @@ def get_config():
 
   config.model = ml_collections.ConfigDict()
   config.model.name = ""
+  # cxr_jax.ops policy: "auto" (CPU-fast layers on CPU, plain XLA ops elsewhere), "xla", "cpu".
+  config.model.ops = "auto"
 
   config.batch_size = 32
   config.eval_batch_size = 64

@@ -9,6 +9,8 @@ from configs import base
 
 def get_config(variant=""):
   config = base.get_config()
+  config.name = "cnn_baseline"
+  config.description = "baseline CNN, 2 conv + 2 dense (64x64)"
   config.data.image_size = 64
   config.model.name = "cnn_baseline"
   config.model.conv_features = (32, 64)

@@ -9,6 +9,8 @@ from configs import base
 
 def get_config(variant=""):
   config = base.get_config()
+  config.name = "cnn_v3"
+  config.description = "CNN, 5 double-conv blocks with BatchNorm (128x128)"
   config.data.image_size = 128
   config.model.name = "cnn_v3"
   config.model.block_features = (8, 16, 32, 64, 128)

@@ -19,6 +19,8 @@ from configs import base
 
 def get_config(variant=""):
   config = base.get_config()
+  config.name = "mobilenet_v2"
+  config.description = "MobileNetV2 alpha 0.35, ImageNet weights, fine-tuned (224x224)"
   config.data.image_size = 224
   config.data.channels = 1  # The model repeats gray to the 3 channels ImageNet filters expect.
   config.model.name = "mobilenet_v2"
@@ -26,7 +28,6 @@ def get_config(variant=""):
   config.model.weights = "imagenet"
   config.model.weights_size = 224
   config.model.dropout_rate = 0.2
-  config.model.depthwise_impl = "auto"  # 'shifted' on CPU, cuDNN's grouped conv on GPU.
   config.batch_size = 32
   # Phase 1 trains only the new head, BatchNorm in inference mode, on backbone features
   # computed once (cached_features; no augmentation); phase 2 fine-tunes the

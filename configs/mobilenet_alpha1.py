@@ -15,6 +15,9 @@ APPROXIMATE_WEIGHTS = "weights/mobilenet_v2_1.0_224_imagenet_bnfolded_dequant_fr
 
 def get_config(variant=""):
   config = mobilenet.get_config(variant)
+  config.name = "mobilenet_v2_1.0"
+  config.description = ("MobileNetV2 alpha 1.0, approximate ImageNet weights (int8 TFLite, BN "
+                        "folded), head on the frozen backbone (224x224)")
   config.model.alpha = 1.0
   config.model.weights = APPROXIMATE_WEIGHTS
   config.phases = config.phases[:1]  # The frozen-backbone head phase.

@@ -11,6 +11,8 @@ from configs import base
 
 def get_config(variant=""):
   config = base.get_config()
+  config.name = "pca_logreg"
+  config.description = "PCA + logistic regression (64x64)"
   config.data.image_size = 64
   config.augment.enabled = False  # Not used: the pixels go straight to PCA.
   config.model.name = "pca_logreg"

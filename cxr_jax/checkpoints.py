@@ -2,19 +2,14 @@
 
   workdir/checkpoints/latest/<epoch>/{state, meta}   full train state + loop bookkeeping
   workdir/checkpoints/best/<epoch>/{state, meta}     params + batch_stats + threshold, metrics
-  workdir/config.json                                the config, to rebuild everything
 """
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
-
-CONFIG_FILE = "config.json"
 
 
 def _manager(workdir: str, kind: str, create: bool) -> ocp.CheckpointManager:
@@ -79,15 +74,6 @@ def restore_best(workdir: str) -> tuple[dict, dict]:
   return jax.device_get(restored["state"]), restored["meta"]
 
 
-def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: {workdir!r} is not a cxr_jax training workdir.")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+def has_best(workdir: str) -> bool:
+  best = os.path.join(workdir, "checkpoints", "best")
+  return os.path.isdir(best) and any(e.isdigit() for e in os.listdir(best))

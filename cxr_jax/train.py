@@ -27,16 +27,17 @@ import optax
 from flax.training import train_state
 from sklearn import metrics as skm
 
-from cxr_jax import augment
 from cxr_jax import checkpoints
-from cxr_jax import inference
-from cxr_jax import input_pipeline
-from cxr_jax import metrics as metrics_lib
+from cxr_jax import data as data_lib
 from cxr_jax import models
 from cxr_jax import sharding
-
-HISTORY_FILE = "history.json"
-SUMMARY_FILE = "train_summary.json"
+from cxr_jax import workdir as workdir_lib
+from cxr_jax.data import augment
+from cxr_jax.data import batches
+from cxr_jax.evaluation import inference
+from cxr_jax.evaluation import metrics as metrics_lib
+from cxr_jax.evaluation import predictor as predictor_lib
+from cxr_jax.models import pca_logreg
 
 
 class TrainState(train_state.TrainState):
@@ -180,7 +181,7 @@ def make_features_fn(model):
 
 
 def cached_features(model, state, phase, train_data, val_data, batch_size: int,
-                    progress) -> tuple[input_pipeline.DecodedSet, input_pipeline.DecodedSet]:
+                    progress) -> tuple[data_lib.DecodedSet, data_lib.DecodedSet]:
   """Train/val sets whose "images" are the frozen backbone's pooled features.
 
   Valid only while nothing below the head trains and BatchNorm is frozen; the
@@ -194,8 +195,8 @@ def cached_features(model, state, phase, train_data, val_data, batch_size: int,
   features_fn = make_features_fn(model)
   start = time.time()
   # The same padded, masked batching as predictions: no image is dropped.
-  out = [dataclasses.replace(data, images=inference.predict_probs(features_fn, variables, data,
-                                                                  batch_size))
+  out = [dataclasses.replace(data, images=inference.predict_batched(features_fn, variables,
+                                                                    data.images, batch_size))
          for data in (train_data, val_data)]
   seconds = time.time() - start
   progress.train_seconds += seconds
@@ -239,7 +240,7 @@ def make_head_predict_fn(model):
 
 def evaluate_split(predict_fn, variables, data, batch_size: int, mesh=None
                    ) -> tuple[dict, np.ndarray]:
-  probs = inference.predict_probs(predict_fn, variables, data, batch_size, mesh)
+  probs = inference.predict_batched(predict_fn, variables, data.images, batch_size, mesh)
   m = metrics_lib.binary_metrics(data.labels, probs, threshold=0.5)
   m["loss"] = float(skm.log_loss(data.labels, probs, labels=[0, 1]))
   return m, probs
@@ -273,28 +274,18 @@ def _log_params(model, variables) -> int:
   return n
 
 
-def _write_json(path: str, obj) -> None:
-  if jax.process_index() != 0:  # Multi-host: one writer (Orbax coordinates checkpoints itself).
-    return
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)  # Never leave a half-written file behind.
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains config.model on the patient-grouped train split, selects on validation F1.
 
   Returns a summary dict (also written to workdir/train_summary.json).
   """
-  if config.model.name in models.SKLEARN_MODELS:
-    from cxr_jax import sklearn_models  # pylint: disable=g-import-not-at-top
-    return sklearn_models.train_and_evaluate(config, workdir)
+  if not models.is_flax(config.model.name):
+    return train_sklearn(config, workdir)
 
   os.makedirs(workdir, exist_ok=True)
   _check_config_matches(config, workdir)
-  checkpoints.save_config(workdir, config)
-  train_data, val_data = input_pipeline.load_train_val(config.data)
+  workdir_lib.save_config(workdir, config)
+  train_data, val_data = data_lib.load_train_val(config.data)
   model = models.create_model(config.model)
   steps_per_epoch = len(train_data) // config.batch_size
   if steps_per_epoch == 0:
@@ -317,7 +308,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("Class weights in the loss (NORMAL, PNEUMONIA): %s", loss_weights.tolist())
 
   phases = get_phases(config)
-  predict_fn = inference.make_predict_fn(model)
+  predict_fn = predictor_lib.make_probs_fn(model)
   ckpt = checkpoints.Checkpointer(workdir)
   writer = _summary_writer(workdir)
   progress, resume_pending = Progress(), False
@@ -380,7 +371,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "epochs_run": progress.global_epoch,
       "skipped_files": train_data.skipped,
   }
-  _write_json(os.path.join(workdir, SUMMARY_FILE), summary)
+  workdir_lib.write_json(workdir_lib.path(workdir, workdir_lib.SUMMARY_FILE), summary)
   logging.info("Done. Best epoch %d: validation F1 %.4f (threshold 0.5), threshold %.3f "
                "maximises validation F1 (%.4f). Training time %.1fs.", summary["best_epoch"],
                summary["val"]["f1"], summary["val_threshold"], best_meta["val_f1_at_threshold"],
@@ -394,7 +385,7 @@ def _run_phase(config, phase, state, train_step, train_rng, predict_fn,
   while progress.epoch < phase.num_epochs:
     epoch_start = time.time()
     device_metrics = []
-    for step_in_epoch, batch in enumerate(input_pipeline.train_batches(
+    for step_in_epoch, batch in enumerate(batches.train_batches(
         train_data, config.batch_size, config.seed, progress.global_epoch)):
       state, step_metrics = train_step(state, sharding.shard_batch(batch, mesh), train_rng)
       device_metrics.append(step_metrics)  # Stays on device until the next log step.
@@ -446,7 +437,8 @@ def _run_phase(config, phase, state, train_step, train_rng, predict_fn,
                  train_metrics["accuracy"], val_metrics["loss"], val_metrics["f1"],
                  val_metrics["accuracy"], val_metrics["roc_auc"] or float("nan"),
                  " (best)" if improved else "", train_seconds)
-    _write_json(os.path.join(ckpt.workdir, HISTORY_FILE), progress.history)
+    workdir_lib.write_json(workdir_lib.path(ckpt.workdir, workdir_lib.HISTORY_FILE),
+                           progress.history)
     if stop:
       logging.info("Early stopping: validation F1 has not improved for %d epochs (best %.4f "
                    "at epoch %d).", progress.epochs_without_improvement, progress.best_f1,
@@ -474,7 +466,7 @@ def _progress_meta(progress: Progress) -> dict:
 
 def _summary_writer(workdir: str):
   from flax.metrics import tensorboard  # pylint: disable=g-import-not-at-top
-  return tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
+  return tensorboard.SummaryWriter(workdir_lib.path(workdir, workdir_lib.TENSORBOARD_DIR))
 
 
 def _write_summaries(writer, record: dict, step: int) -> None:
@@ -500,13 +492,50 @@ def _read_resume_point(ckpt):
 
 def _check_config_matches(config, workdir: str) -> None:
   """Warns when resuming a workdir that was trained with a different config."""
-  path = os.path.join(workdir, checkpoints.CONFIG_FILE)
+  path = workdir_lib.path(workdir, workdir_lib.CONFIG_FILE)
   if not os.path.exists(path):
     return
-  old = checkpoints.load_config(workdir).to_dict()
+  old = workdir_lib.load_config(workdir).to_dict()
   new = json.loads(config.to_json_best_effort())
   if old != new:
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     logging.warning("%s was trained with a different config (differs in %s); resuming "
                     "from its checkpoint anyway. Use a fresh --workdir to start over.",
                     workdir, diff)
+
+
+def train_sklearn(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Fits a scikit-learn model kind (PCA + logistic regression): C chosen by validation F1."""
+  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.save_config(workdir, config)
+  train_data, val_data = data_lib.load_train_val(config.data)
+  x_train, x_val = pca_logreg.flatten(train_data.images), pca_logreg.flatten(val_data.images)
+  n_components = pca_logreg.n_components(config.model, *x_train.shape)
+  start = time.time()
+  best = None
+  for c in config.model.c_grid:
+    pipeline = pca_logreg.build(config.model, c, config.seed, n_components)
+    pipeline.fit(x_train, train_data.labels)
+    probs = pipeline.predict_proba(x_val)[:, 1]
+    val = metrics_lib.binary_metrics(val_data.labels, probs, 0.5)
+    logging.info("PCA(%d) + LogisticRegression(C=%g): validation F1 %.4f, AUC %.4f",
+                 n_components, c, val["f1"], val["roc_auc"] or float("nan"))
+    if best is None or val["f1"] > best[2]["f1"]:
+      best = (c, pipeline, val, probs)
+  seconds = time.time() - start
+  c, pipeline, val, probs = best
+  threshold = metrics_lib.f1_optimal_threshold(val_data.labels, probs)
+  explained = float(np.sum(pipeline[0].explained_variance_ratio_))
+  pca_logreg.save(workdir, pipeline, {
+      "C": c, "threshold": threshold, "val_metrics": val,
+      "val_f1_at_threshold": metrics_lib.binary_metrics(val_data.labels, probs, threshold)["f1"],
+      "explained_variance": explained})
+  params = pca_logreg.param_count(pipeline)
+  summary = {"model": config.model.name, "params": params, "best_epoch": None, "val": val,
+             "val_threshold": threshold, "train_seconds": round(seconds, 1),
+             "skipped_files": train_data.skipped, "C": c}
+  workdir_lib.write_json(workdir_lib.path(workdir, workdir_lib.SUMMARY_FILE), summary)
+  logging.info("Done. C=%g: validation F1 %.4f (threshold 0.5); PCA keeps %.1f%% of the "
+               "variance; %s parameters; %.1fs.", c, val["f1"], 100 * explained,
+               f"{params:,}", seconds)
+  return summary

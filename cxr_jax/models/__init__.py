@@ -1,0 +1,116 @@
+"""Models: one registry of every model kind, Flax and scikit-learn alike.
+
+  models.get(name) -> ModelKind(name, framework, factory)
+  models.create_model(config.model) -> flax.linen.Module        (Flax kinds)
+  models.apply_with_features(model, variables, images01) -> (logits, features)
+
+Every Flax model takes float32 images in [0, 1], [B, H, W, C], returns one PNEUMONIA
+logit per image, [B], and sows its penultimate features (("intermediates",
+"features")); `train` switches dropout and BatchNorm statistics. A new model is a
+module here plus one `register` line below, and a config in configs/.
+
+Modules: `cnn` (the small CNNs), `mobilenet_v2` (keras.applications.MobileNetV2 in
+Flax), `keras_weights` (its strict .h5 port), `mobilenet` (the classifier on it),
+`pca_logreg` (the scikit-learn baseline).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import flax.linen as nn
+import jax
+
+from cxr_jax import ops as ops_lib
+from cxr_jax.models import cnn
+from cxr_jax.models import mobilenet
+
+FLAX = "flax"
+SKLEARN = "sklearn"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelKind:
+  name: str
+  framework: str  # FLAX or SKLEARN
+  factory: Callable | None = None  # model_config -> nn.Module (Flax kinds)
+
+
+_REGISTRY: dict[str, ModelKind] = {}
+
+
+def register(name: str, framework: str = FLAX, factory: Callable | None = None) -> None:
+  _REGISTRY[name] = ModelKind(name, framework, factory)
+
+
+def names() -> list[str]:
+  return sorted(_REGISTRY)
+
+
+def get(name: str) -> ModelKind:
+  if name not in _REGISTRY:
+    raise ValueError(f"Unknown model {name!r} (config.model.name); known: {names()}.")
+  return _REGISTRY[name]
+
+
+def is_flax(name: str) -> bool:
+  return get(name).framework == FLAX
+
+
+def ops_impl(model_config) -> str:
+  """The config's `cxr_jax.ops` policy (older workdirs name it `depthwise_impl`)."""
+  return ops_lib.normalize(model_config.get("ops", model_config.get("depthwise_impl", "auto")))
+
+
+def create_model(model_config) -> nn.Module:
+  """Builds the Flax module named by `model_config.name` from its config."""
+  kind = get(model_config.name)
+  if kind.framework != FLAX:
+    raise ValueError(f"Model {kind.name!r} is a {kind.framework} model, not a Flax module.")
+  return kind.factory(model_config)
+
+
+def param_count(params) -> int:
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
+
+
+def load_pretrained(model: nn.Module, model_config, variables: dict) -> dict:
+  """Initial variables with pretrained weights where the model's config asks for them."""
+  loader = getattr(model, "load_pretrained", None)
+  return loader(model_config, variables) if loader is not None else variables
+
+
+def apply_with_features(model: nn.Module, variables, images01, **kwargs):
+  """(logits [B], penultimate features [B, D]) of one inference pass."""
+  logits, state = model.apply(variables, images01, train=False, mutable=["intermediates"],
+                              **kwargs)
+  (features,) = state["intermediates"]["features"]
+  return logits, features
+
+
+def _cnn_baseline(model_config):
+  return cnn.CNNBaseline(conv_features=tuple(model_config.conv_features),
+                         dense_features=tuple(model_config.dense_features),
+                         ops=ops_impl(model_config))
+
+
+def _cnn(model_config):
+  return cnn.CNN(block_features=tuple(model_config.block_features),
+                 convs_per_block=model_config.convs_per_block,
+                 dense_features=model_config.dense_features,
+                 dropout_rate=model_config.dropout_rate, ops=ops_impl(model_config))
+
+
+def _mobilenet_v2(model_config):
+  return mobilenet.MobileNetV2Classifier(
+      alpha=model_config.alpha, dropout_rate=model_config.dropout_rate,
+      ops=ops_impl(model_config), weights=model_config.weights,
+      weights_size=model_config.weights_size)
+
+
+register("cnn_baseline", FLAX, _cnn_baseline)
+register("cnn_v2", FLAX, _cnn)
+register("cnn_v3", FLAX, _cnn)
+register("mobilenet_v2", FLAX, _mobilenet_v2)
+register("pca_logreg", SKLEARN)

@@ -1,0 +1,316 @@
+"""Collecting the report's numbers: each model's validation fits, test and external scores.
+
+Everything that is chosen (the best model, both decision thresholds, the temperature)
+is fitted on validation; test and the external folders are only scored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from cxr_jax import data as data_lib
+from cxr_jax import workdir as workdir_lib
+from cxr_jax.data import decode
+from cxr_jax.data import dicom
+from cxr_jax.data import splits
+from cxr_jax.evaluation import fit
+from cxr_jax.evaluation import predictor as predictor_lib
+from cxr_jax.evaluation import scoring
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One model of the report: its workdir, and the config that trains it if missing."""
+  name: str
+  workdir: str
+  description: str = ""
+  config: object = None  # ml_collections config; None: the report never trains it.
+
+
+def entries_from_configs(configs, workdirs: str) -> list[Entry]:
+  """One Entry per training config, its workdir `<workdirs>/<config.name>`.
+
+  A config whose pretrained weights file is missing is left out unless its workdir
+  exists (an optional model this machine cannot train).
+  """
+  out = []
+  for config in configs:
+    workdir = os.path.join(workdirs, config.name)
+    weights = config.model.get("weights", "")
+    if weights.endswith(".h5") and not os.path.exists(weights) and not os.path.isdir(workdir):
+      continue
+    out.append(Entry(config.name, workdir, config.get("description", ""), config))
+  return out
+
+
+def log_progress(message: str) -> None:
+  print(f"[report {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def ensure_trained(entry: Entry, train_missing: bool = False,
+                   train_fn: Callable | None = None) -> dict:
+  """Status of one model's workdir; trains it first (train_fn(config, workdir)) when asked."""
+  trained, reason = workdir_lib.status(entry.workdir)
+  status = {"name": entry.name, "workdir": entry.workdir, "description": entry.description}
+  if trained:
+    return dict(status, status="reused", reason="trained workdir reused")
+  if not train_missing:
+    return dict(status, status="skipped", reason=f"{reason}; not trained (use --train_missing)")
+  if entry.config is None or train_fn is None:
+    return dict(status, status="skipped", reason=f"{reason}; no config to train it with")
+  log_progress(f"{entry.name}: training into {entry.workdir} ({reason})")
+  start = time.time()
+  train_fn(entry.config, entry.workdir)
+  return dict(status, status="trained",
+              reason=f"trained by the report in {time.time() - start:.0f}s")
+
+
+def limit_per_class(data: data_lib.DecodedSet, max_per_class: int) -> data_lib.DecodedSet:
+  """The first `max_per_class` images of each class (all when <= 0): quick runs."""
+  if max_per_class <= 0:
+    return data
+  keep = np.concatenate([np.flatnonzero(data.labels == c)[:max_per_class] for c in (0, 1)])
+  subset = data.subset(np.sort(keep))
+  subset.skipped = data.skipped
+  return subset
+
+
+class DataCache:
+  """Decoded validation/test/external sets shared by the models of equal input size."""
+
+  def __init__(self, max_per_class: int = 0):
+    self.max_per_class = max_per_class
+    self._cache: dict = {}
+
+  def split(self, data_config, split: str) -> data_lib.DecodedSet:
+    key = (split, json.dumps(data_config.to_dict(), sort_keys=True, default=str))
+    if key not in self._cache:
+      self._cache[key] = limit_per_class(data_lib.load(data_config, split), self.max_per_class)
+    return self._cache[key]
+
+  def folder(self, folder: str, data_config) -> data_lib.DecodedSet:
+    key = ("folder", os.path.abspath(folder), int(data_config.image_size),
+           int(data_config.channels))
+    if key not in self._cache:
+      self._cache[key] = data_lib.load_folder(folder, data_config.image_size,
+                                              data_config.channels, self.max_per_class,
+                                              data_config.get("min_image_side", 1))
+    return self._cache[key]
+
+
+def _score(predictor, data, thresholds, temperature, n_boot) -> dict:
+  probs = predictor.probs(data.images)
+  scores = scoring.score_set(data.labels, probs, thresholds, temperature, n_boot)
+  scores.update(skipped_files=data.skipped, n_skipped=len(data.skipped),
+                predictions=scoring.predictions(data.paths, data.labels, probs))
+  return scores
+
+
+def collect_model(predictor, name: str, description: str = "",
+                  target_sensitivity: float = fit.DEFAULT_TARGET_SENSITIVITY,
+                  externals: dict[str, str] | None = None, cache: DataCache | None = None,
+                  n_boot: int = 1000) -> dict:
+  """All numbers of one trained model: validation fits, test and external scores."""
+  cache = cache or DataCache()
+  config = predictor.config
+  log_progress(f"{name}: validation predictions")
+  val = cache.split(config.data, "validation")
+  val_probs = predictor.probs(val.images)
+  cal = fit.fit_calibration(val.labels, val_probs, predictor.threshold, (target_sensitivity,))
+  thresholds = {scoring.VALIDATION_THRESHOLD: predictor.threshold,
+                "sensitivity": cal["sensitivity_thresholds"][fit.target_key(target_sensitivity)]}
+  temperature = cal["temperature"]
+  val_scores = scoring.score_set(val.labels, val_probs, thresholds, temperature)
+  val_scores["predictions"] = scoring.predictions(val.paths, val.labels, val_probs)
+
+  log_progress(f"{name}: test predictions")
+  test_scores = _score(predictor, cache.split(config.data, "test"), thresholds, temperature,
+                       n_boot)
+  external_scores = {}
+  for ext_name, folder in (externals or {}).items():
+    log_progress(f"{name}: external folder {ext_name} ({folder})")
+    try:
+      ext = cache.folder(folder, config.data)
+    except (FileNotFoundError, ValueError) as e:
+      external_scores[ext_name] = {"folder": folder, "error": str(e)}
+      continue
+    external_scores[ext_name] = dict(_score(predictor, ext, thresholds, temperature, n_boot),
+                                     folder=folder)
+
+  summary = workdir_lib.read_json(workdir_lib.path(predictor.workdir,
+                                                   workdir_lib.SUMMARY_FILE), {})
+  return {
+      "name": name, "description": description, "workdir": predictor.workdir,
+      "model": predictor.model_name, "supports_gradcam": predictor.supports_gradcam,
+      "image_size": predictor.image_size, "channels": predictor.channels,
+      "data_dir": config.data.data_dir,
+      "params": summary.get("params"), "train_seconds": summary.get("train_seconds"),
+      "epochs_run": summary.get("epochs_run"), "best_epoch": summary.get("best_epoch"),
+      "history": workdir_lib.read_json(workdir_lib.path(predictor.workdir,
+                                                        workdir_lib.HISTORY_FILE), []),
+      "thresholds": thresholds, "target_sensitivity": target_sensitivity,
+      "temperature": temperature, "calibration": cal,
+      "validation": val_scores, "test": test_scores, "externals": external_scores,
+  }
+
+
+def select_best(results: Sequence[dict]) -> str | None:
+  """Name of the model with the highest validation F1 (at its own threshold); AUC breaks ties."""
+  if not results:
+    return None
+
+  def key(r):
+    m = r["validation"][f"at_{scoring.VALIDATION_THRESHOLD}"]
+    return (m["f1"], m["roc_auc"] if m["roc_auc"] is not None else -1.0)
+
+  return max(results, key=key)["name"]
+
+
+def pick_cases(labels, probs, threshold: float, n_per_kind: int = 2) -> list[tuple[int, str]]:
+  """(index, kind) of the most confident TP, TN, then FP, FN; gaps filled from the same row."""
+  labels = np.asarray(labels)
+  probs = np.asarray(probs)
+  preds = probs >= threshold
+  kinds = {"TP": (labels == 1) & preds, "TN": (labels == 0) & ~preds,
+           "FP": (labels == 0) & preds, "FN": (labels == 1) & ~preds}
+  # Most confident first: a confident error is the most instructive one.
+  ranked = {k: sorted(np.flatnonzero(m), key=lambda i: -abs(probs[i] - threshold))
+            for k, m in kinds.items()}
+  out = []
+  for row in (("TP", "TN"), ("FP", "FN")):
+    chosen = [(int(i), k) for k in row for i in ranked[k][:n_per_kind]]
+    spare = [(int(i), k) for k in row for i in ranked[k][n_per_kind:]]
+    out.extend(chosen + spare[:2 * n_per_kind - len(chosen)])
+  return out
+
+
+def gradcam_cases(result: dict, predictor, cache: DataCache, n_per_kind: int = 2
+                  ) -> list[dict]:
+  """Grad-CAM panels ({"image", "heatmap", "title"}) of the most confident test cases."""
+  if not predictor.supports_gradcam:
+    return []
+  test = cache.split(predictor.config.data, "test")
+  paths, labels, probs = scoring.prediction_arrays(result["test"]["predictions"])
+  if list(test.paths) != paths:
+    raise ValueError("Test images changed since the predictions were made.")
+  threshold = result["thresholds"][scoring.VALIDATION_THRESHOLD]
+  cases = pick_cases(labels, probs, threshold, n_per_kind)
+  if not cases:
+    return []
+  cams = predictor.gradcam(test.images[[i for i, _ in cases]])
+  items = []
+  for (i, kind), cam in zip(cases, cams):
+    display = decode.display_image(decode.open_file(test.paths[i]), max_side=256)
+    items.append({"image": display, "heatmap": cam,
+                  "title": f"{kind} p={probs[i]:.3f}\n{os.path.basename(test.paths[i])[:28]}"})
+  return items
+
+
+def image_sizes(folder: str) -> tuple[list[tuple[int, int]], list[dict]]:
+  """(width, height) of every image under `folder` from its header; unreadable ones listed."""
+  sizes, bad = [], []
+  for file_path in data_lib.expand_paths([folder]):
+    try:
+      if dicom.is_dicom(decode.read_bytes(file_path), file_path):
+        sizes.append(decode.open_file(file_path).size)
+        continue
+      with Image.open(file_path) as img:  # Reads the header only.
+        sizes.append(img.size)
+    except (OSError, ValueError) as e:
+      bad.append({"path": file_path, "reason": str(e)})
+  return sizes, bad
+
+
+def _size_summary(sizes_dir: str | None) -> tuple[dict, list]:
+  if not sizes_dir or not os.path.isdir(sizes_dir):
+    return {"folder": sizes_dir, "n": 0, "unreadable": [],
+            "note": "folder not found" if sizes_dir else "not requested"}, []
+  sizes, bad = image_sizes(sizes_dir)
+  out = {"folder": sizes_dir, "n": len(sizes), "unreadable": bad}
+  if sizes:
+    w, h = np.array(sizes).T
+    out.update(width_min=int(w.min()), width_median=float(np.median(w)), width_max=int(w.max()),
+               height_min=int(h.min()), height_median=float(np.median(h)),
+               height_max=int(h.max()), aspect_median=float(np.median(w / h)))
+  return out, sizes
+
+
+def _sample_images(train_ex, samples_per_class: int) -> dict[str, list[np.ndarray]]:
+  rng = np.random.default_rng(0)
+  grid = {}
+  for label, class_name in enumerate(splits.CLASS_NAMES):
+    paths = [e.path for e in train_ex if e.label == label]
+    images = []
+    for i in rng.permutation(len(paths)):
+      if len(images) == samples_per_class:
+        break
+      try:
+        images.append(decode.display_image(decode.open_file(paths[i]), max_side=256))
+      except decode.ImageDecodeError:
+        continue
+    if images:
+      grid[class_name] = images
+  return grid
+
+
+def collect_eda(data_config, sizes_dir: str | None, samples_per_class: int = 6) -> dict:
+  """Class counts per split (train/val by the config's patient split), sizes, sample images.
+
+  Returns the numbers and, under "arrays", what the figures are drawn from.
+  """
+  train_ex, val_ex = splits.train_val_examples(data_config.data_dir, data_config.val_fraction,
+                                               data_config.split_seed)
+  test_ex = splits.list_class_folder(os.path.join(data_config.data_dir, "test"))
+  sizes, raw_sizes = _size_summary(sizes_dir)
+  by_split = {"train": train_ex, "validation": val_ex, "test": test_ex}
+  return {
+      "data_dir": data_config.data_dir,
+      "counts": {k: splits.class_counts(v) for k, v in by_split.items()},
+      "patients": {k: len({e.patient_id for e in v}) for k, v in by_split.items()},
+      "val_fraction": data_config.val_fraction, "split_seed": data_config.split_seed,
+      "sizes": sizes,
+      "arrays": {"sizes": raw_sizes, "samples": _sample_images(train_ex, samples_per_class)},
+  }
+
+
+def parse_externals(items: Sequence[str]) -> dict[str, str]:
+  """{'name': 'path'} from ['name=path', ...] (a bare path is named by its folder)."""
+  out = {}
+  for item in items or []:
+    name, sep, folder = item.partition("=")
+    if not sep:
+      name, folder = os.path.basename(os.path.normpath(item)), item
+    if not name or not folder:
+      raise ValueError(f"--external expects name=path, got {item!r}.")
+    out[name] = folder
+  return out
+
+
+def collect_all(entries: Sequence[Entry], externals: dict[str, str], cache: DataCache,
+                target_sensitivity: float, n_boot: int, train_missing: bool = False,
+                train_fn: Callable | None = None) -> tuple[list, list, dict]:
+  """(statuses, results, predictors by name) of every entry; one broken workdir is skipped."""
+  statuses, results, predictors = [], [], {}
+  for entry in entries:
+    status = ensure_trained(entry, train_missing, train_fn)
+    statuses.append(status)
+    log_progress(f"{entry.name}: {status['reason']}")
+    if status["status"] == "skipped":
+      continue
+    try:
+      predictor = predictor_lib.load_predictor(entry.workdir)
+      results.append(collect_model(predictor, entry.name, entry.description,
+                                   target_sensitivity, externals, cache, n_boot))
+      predictors[entry.name] = predictor
+    except Exception as e:  # pylint: disable=broad-except
+      logging.exception("Could not evaluate %s", entry.workdir)
+      status.update(status="skipped", reason=f"evaluation failed: {type(e).__name__}: {e}")
+  return statuses, results, predictors

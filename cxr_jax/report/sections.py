@@ -1,0 +1,304 @@
+"""REPORT.md, one small pure renderer per section.
+
+Each `render_*` takes the collected report (a dict; see `report.build_report`) and the
+figure paths relative to the report folder, and returns the section's Markdown
+lines. Nothing here computes a number, writes a file or changes its input: a new
+section is one more function here and one line in `SECTIONS`.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from cxr_jax.evaluation import scoring
+
+METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
+# The project's goal for the selected model on test, at its validation-F1 threshold.
+GOALS = {"accuracy": 0.95, "f1": 0.96, "roc_auc": 0.99}
+REFERENCES = [
+    ("Kermany et al. 2018 (Cell), transfer learning, Inception V3", 0.928, 0.968),
+    ("Google AutoML Vision", 0.946, 0.991),
+]
+AT_VAL = f"at_{scoring.VALIDATION_THRESHOLD}"
+AT_SENS = "at_sensitivity"
+METRICS_HEADER = ("| model | n | accuracy | precision | recall (sensitivity) | specificity | "
+                  "F1 | ROC AUC |\n|---|---|---|---|---|---|---|---|")
+
+
+def f(v, digits: int = 3) -> str:
+  return "–" if v is None else f"{v:.{digits}f}"
+
+
+def with_ci(m: dict, ci: dict | None, key: str) -> str:
+  if ci is None or ci.get(key) is None:
+    return f(m.get(key))
+  lo, hi = ci[key]
+  return f"{f(m.get(key))} [{lo:.3f}, {hi:.3f}]"
+
+
+def img(path: str | None, alt: str) -> str:
+  return "" if path is None else f"![{alt}]({path})\n"
+
+
+def duration(seconds) -> str:
+  if seconds is None:
+    return "–"
+  return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+def metrics_row(name: str, scores: dict, mark: str = "") -> str:
+  m, ci = scores[AT_VAL], scores.get("ci95")
+  return "| " + " | ".join([f"{name}{mark}", str(m["n"])]
+                           + [with_ci(m, ci, k) for k in METRICS]) + " |"
+
+
+def render_header(report: dict, figs: dict) -> list[str]:
+  del figs
+  lines = ["# Pediatric chest X-rays, NORMAL vs PNEUMONIA: model comparison\n",
+           f"Generated {report.get('generated') or f'{datetime.datetime.now():%Y-%m-%d %H:%M}'}"
+           + (f" by `{report['command']}`" if report.get("command") else "")
+           + (f" in {duration(report['wall_seconds'])}" if report.get("wall_seconds") else "")
+           + ".\n"]
+  if report.get("max_per_class"):
+    lines.append(f"> **Subset run**: validation, test and external sets limited to "
+                 f"{report['max_per_class']} images per class. Not the full benchmark.\n")
+  lines.append("PNEUMONIA is the positive class. The best model, both decision thresholds and "
+               "the temperature are chosen on the patient-grouped **validation** split carved "
+               "out of `train/`; the test split and the external folders are only scored, "
+               "nothing is fitted on them. Intervals are 95% percentile bootstrap intervals "
+               "over test images.\n")
+  return lines
+
+
+def render_goal(report: dict, figs: dict) -> list[str]:
+  del figs
+  lines = ["## Goal\n"]
+  best = report.get("best")
+  if best is None:
+    return lines + ["No trained model was available: nothing to compare.\n"]
+  r = next(r for r in report["results"] if r["name"] == best)
+  m, ci = r["test"][AT_VAL], r["test"]["ci95"]
+  met_all = all(m[k] is not None and m[k] >= g for k, g in GOALS.items())
+  lines.append(f"Best model by validation F1: **{best}** ({r['description']}). Goal for it on "
+               f"test at its validation-F1 threshold "
+               f"({r['thresholds'][scoring.VALIDATION_THRESHOLD]:.3f}): accuracy >= "
+               f"{GOALS['accuracy']}, F1 >= {GOALS['f1']}, ROC AUC >= {GOALS['roc_auc']} — "
+               f"**{'met' if met_all else 'not met'}**.\n")
+  lines.append("| metric | goal | test value [95% CI] | |\n|---|---|---|---|")
+  for k, g in GOALS.items():
+    ok = m[k] is not None and m[k] >= g
+    lines.append(f"| {k} | >= {g} | {with_ci(m, ci, k)} | {'met' if ok else '**not met**'} |")
+  lines.append("\nReference points (published results on this dataset):\n")
+  lines.append("| reference | accuracy | ROC AUC |\n|---|---|---|")
+  lines += [f"| {ref} | {acc:.3f} | {auc:.3f} |" for ref, acc, auc in REFERENCES]
+  lines.append(f"| this report: {best} | {f(m['accuracy'])} | {f(m['roc_auc'])} |\n")
+  return lines
+
+
+def render_data(report: dict, figs: dict) -> list[str]:
+  eda = report.get("eda")
+  if not eda:
+    return []
+  lines = ["## Data\n",
+           f"`{eda['data_dir']}`; validation = {eda['val_fraction']:.0%} of `train/` per class, "
+           f"grouped by patient (seed {eda['split_seed']}).\n",
+           "| split | NORMAL | PNEUMONIA | total | % PNEUMONIA | patients |\n"
+           "|---|---|---|---|---|---|"]
+  for split, c in eda["counts"].items():
+    total = sum(c.values())
+    lines.append(f"| {split} | {c['NORMAL']} | {c['PNEUMONIA']} | {total} | "
+                 f"{100 * c['PNEUMONIA'] / max(total, 1):.1f}% | {eda['patients'][split]} |")
+  lines += ["", img(figs.get("class_counts"), "images per class and split")]
+  s = eda["sizes"]
+  if s.get("n"):
+    lines.append(f"Original sizes of the {s['n']} images of `{s['folder']}`: width "
+                 f"{s['width_min']}–{s['width_max']} (median {s['width_median']:.0f}), height "
+                 f"{s['height_min']}–{s['height_max']} (median {s['height_median']:.0f}), "
+                 f"median aspect ratio {s['aspect_median']:.2f}; every model sees a square "
+                 "resize.\n")
+    lines.append(img(figs.get("image_sizes"), "image sizes"))
+  else:
+    lines.append(f"Image sizes: {s.get('note', 'no images')} (`{s.get('folder')}`).\n")
+  if s.get("unreadable"):
+    lines.append(f"{len(s['unreadable'])} unreadable file(s) there: "
+                 + ", ".join(f"`{b['path']}`" for b in s["unreadable"]) + "\n")
+  lines.append(img(figs.get("samples"), "sample images per class"))
+  return lines
+
+
+def render_models(report: dict, figs: dict) -> list[str]:
+  del figs
+  by_name = {r["name"]: r for r in report["results"]}
+  lines = ["## Models\n",
+           "| model | description | workdir | status | parameters | training time | epochs "
+           "(best) |\n|---|---|---|---|---|---|---|"]
+  for st in report.get("statuses", []):
+    r = by_name.get(st["name"])
+    params = f"{r['params']:,}" if r and r["params"] is not None else "–"
+    epochs = f"{r['epochs_run']} ({r['best_epoch']})" if r and r["epochs_run"] else "–"
+    lines.append(f"| {st['name']} | {st['description']} | `{st['workdir']}` | {st['status']}"
+                 f"{': ' + st['reason'] if st['status'] == 'trained' else ''} | {params} | "
+                 f"{duration(r['train_seconds']) if r else '–'} | {epochs} |")
+  skipped = [st for st in report.get("statuses", []) if st["status"] == "skipped"]
+  if skipped:
+    lines.append("\nNot in this report: " + "; ".join(f"**{st['name']}** ({st['reason']})"
+                                                      for st in skipped) + ".")
+  return lines + [""]
+
+
+def render_comparison(report: dict, figs: dict) -> list[str]:
+  results, best = report["results"], report.get("best")
+  if not results:
+    return []
+  lines = ["## Comparison\n",
+           "Selection uses **validation F1 only** (at each model's validation-F1 threshold); "
+           "★ marks the selected model. Test columns: value [95% bootstrap CI] at that "
+           "threshold.\n",
+           "| model | val F1 | val AUC | test accuracy | test precision | test recall | "
+           "test specificity | test F1 | test ROC AUC |\n|---|---|---|---|---|---|---|---|---|"]
+  for r in results:
+    v = r["validation"][AT_VAL]
+    m, ci = r["test"][AT_VAL], r["test"]["ci95"]
+    lines.append(f"| {r['name']}{' ★' if r['name'] == best else ''} | **{f(v['f1'])}** | "
+                 f"{f(v['roc_auc'])} | " + " | ".join(with_ci(m, ci, k) for k in METRICS) + " |")
+  first = results[0]
+  lines.append(f"\nValidation: {first['validation']['n']} images "
+               f"{first['validation']['counts']}; test: {first['test']['n']} images "
+               f"{first['test']['counts']}.")
+  lines += [f"{r['name']}: {len(r['test']['skipped_files'])} unreadable test file(s) left out."
+            for r in results if r["test"].get("skipped_files")]
+  return lines + ["", img(figs.get("roc"), "ROC curves on test"),
+                  img(figs.get("pr"), "precision-recall curves on test"),
+                  img(figs.get("confusion"), "confusion matrices on test")]
+
+
+def render_operating_points(report: dict, figs: dict) -> list[str]:
+  del figs
+  results, target = report["results"], report["target_sensitivity"]
+  if not results:
+    return []
+  lines = ["## Operating points\n",
+           f"Two thresholds per model, both fitted on validation: the one that maximises "
+           f"validation F1, and the highest one reaching {target:.0%} sensitivity on "
+           f"validation (a screening setting). Test sensitivity may fall short of the "
+           f"target: the threshold was not fitted on it.\n",
+           f"| model | val-F1 threshold | test sensitivity | test specificity | "
+           f"{target:.0%}-sensitivity threshold | val sensitivity | test sensitivity | "
+           f"test specificity |\n|---|---|---|---|---|---|---|---|"]
+  for r in results:
+    a, b = r["test"][AT_VAL], r["test"][AT_SENS]
+    vb = r["validation"][AT_SENS]
+    lines.append(f"| {r['name']} | {r['thresholds'][scoring.VALIDATION_THRESHOLD]:.3f} | "
+                 f"{f(a['recall'])} | {f(a['specificity'])} | "
+                 f"{r['thresholds']['sensitivity']:.3f} | {f(vb['recall'])} | "
+                 f"{f(b['recall'])} | {f(b['specificity'])} |")
+  return lines + [""]
+
+
+def render_calibration(report: dict, figs: dict) -> list[str]:
+  results, best = report["results"], report.get("best")
+  if not results:
+    return []
+  lines = ["## Calibration\n",
+           "Expected calibration error (15 equal-width bins of the PNEUMONIA probability) "
+           "before and after temperature scaling; T minimises the validation negative "
+           "log-likelihood of sigmoid(logit / T). Temperature scaling is monotonic: "
+           "thresholds, ROC and labels are unchanged.\n",
+           "| model | T | val ECE before | val ECE after | test ECE before | test ECE after |\n"
+           "|---|---|---|---|---|---|"]
+  for r in results:
+    v, t = r["validation"], r["test"]
+    lines.append(f"| {r['name']} | {r['temperature']:.3f} | {f(v['ece'])} | "
+                 f"{f(v['ece_calibrated'])} | {f(t['ece'])} | {f(t['ece_calibrated'])} |")
+  return lines + ["", img(figs.get("reliability"), f"reliability diagram of {best}")]
+
+
+def render_training(report: dict, figs: dict) -> list[str]:
+  results = report["results"]
+  if not results:
+    return []
+  lines = ["## Training curves\n"]
+  for r in results:
+    key = f"training_{r['name']}"
+    if figs.get(key):
+      lines.append(f"**{r['name']}**: {r['epochs_run']} epochs, best epoch {r['best_epoch']}, "
+                   f"{duration(r['train_seconds'])}.\n")
+      lines.append(img(figs[key], f"training curves {r['name']}"))
+    else:
+      lines.append(f"**{r['name']}**: no per-epoch history (fitted in one step, "
+                   f"{duration(r['train_seconds'])}).\n")
+  return lines
+
+
+def render_gradcam(report: dict, figs: dict) -> list[str]:
+  if not report["results"]:
+    return []
+  best = report.get("best")
+  lines = ["## Grad-CAM\n"]
+  cams = {k[len("gradcam_"):]: v for k, v in figs.items() if k.startswith("gradcam_")}
+  if cams:
+    lines.append("Grad-CAM of the PNEUMONIA logit at the last spatial feature map, on the most "
+                 "confident test cases of each kind (top row correct: TP, TN; bottom row "
+                 "wrong: FP, FN) at the validation-F1 threshold. p is the model's "
+                 "probability.\n")
+    for name, figure in cams.items():
+      lines.append(f"**{name}**{' (selected model)' if name == best else ''}\n")
+      lines.append(img(figure, f"Grad-CAM {name}"))
+  else:
+    lines.append("No convolutional network in this report: Grad-CAM needs one (not available "
+                 "for pca_logreg).\n")
+  lines += [f"- {note}" for note in report.get("gradcam_notes", [])]
+  return lines + [""]
+
+
+def _external_rows(report: dict, ext_name: str) -> tuple[list, list]:
+  rows = [(r["name"], r["externals"].get(ext_name)) for r in report["results"]]
+  errors = [(n, s) for n, s in rows if s is None or "error" in s]
+  good = [(n, s) for n, s in rows if s is not None and "error" not in s]
+  return good, errors
+
+
+def render_external(report: dict, ext_name: str, folder: str) -> list[str]:
+  target, best = report["target_sensitivity"], report.get("best")
+  good, errors = _external_rows(report, ext_name)
+  lines = [f"### {ext_name} (`{folder}`)\n"]
+  if not good:
+    return lines + [f"Not scored: {errors[0][1]['error'] if errors and errors[0][1] else 'no model'}\n"]
+  first = good[0][1]
+  lines.append(f"{first['n']} images {first['counts']}; **{first['n_skipped']} unreadable "
+               f"file(s)**" + (":" if first["n_skipped"] else "."))
+  lines += [f"- `{item['path']}`: {item['reason']}" for item in first["skipped_files"]]
+  lines += ["", "At the validation-F1 threshold:\n", METRICS_HEADER]
+  lines += [metrics_row(n, s, " ★" if n == best else "") for n, s in good]
+  lines.append("\n| model | sensitivity @ val-F1 thr | specificity @ val-F1 thr | "
+               f"sensitivity @ {target:.0%}-sens thr | specificity @ {target:.0%}-sens thr | "
+               "ECE before | ECE after |\n|---|---|---|---|---|---|---|")
+  for n, s in good:
+    a, b = s[AT_VAL], s[AT_SENS]
+    lines.append(f"| {n} | {f(a['recall'])} | {f(a['specificity'])} | {f(b['recall'])} | "
+                 f"{f(b['specificity'])} | {f(s['ece'])} | {f(s['ece_calibrated'])} |")
+  lines += [f"\n{n}: not scored ({s['error'] if s else 'missing'})." for n, s in errors]
+  return lines + [""]
+
+
+def render_externals(report: dict, figs: dict) -> list[str]:
+  del figs
+  externals = report.get("externals") or {}
+  if not externals:
+    return []
+  lines = ["## External folders\n",
+           "Scored with each model's validation-chosen thresholds and temperature; nothing "
+           "refitted.\n"]
+  for ext_name, folder in externals.items():
+    lines += render_external(report, ext_name, folder)
+  return lines
+
+
+SECTIONS = (render_header, render_goal, render_data, render_models, render_comparison,
+            render_operating_points, render_calibration, render_training, render_gradcam,
+            render_externals)
+
+
+def render(report: dict, figs: dict) -> str:
+  """The whole REPORT.md."""
+  return "\n".join(line for section in SECTIONS for line in section(report, figs)) + "\n"

@@ -1,0 +1,82 @@
+"""Speed of the MobileNetV2 classifier: Flax vs Keras, input pipeline, cached features.
+
+  python -m cxr_jax.tools.bench                     # CPU: alphas 0.35,1.0, 224x224, batch 32
+  python -m cxr_jax.tools.bench --preset=gpu        # batch 256, bfloat16, + 624-image eval
+  python -m cxr_jax.tools.bench --alphas=0.35 --steps=5 --warmup=1 --keras=off --json=b.json
+  python -m cxr_jax.tools.bench --depthwise         # the two depthwise forms alone
+
+See `cxr_jax.benchmarking` for what each number measures.
+"""
+
+if __name__ == "__main__":
+  from cxr_jax.tools import malloc_tuning
+  malloc_tuning.reexec_with_tunables()  # Before the heavy imports: restarts once.
+
+import functools  # pylint: disable=g-import-not-at-top,wrong-import-position
+import json
+import sys
+
+from absl import app
+from absl import flags
+
+from cxr_jax import benchmarking
+from cxr_jax import ops
+from cxr_jax.tools import config_files
+from cxr_jax.tools import startup
+
+flags.DEFINE_enum("preset", "cpu", list(benchmarking.PRESETS), "Defaults for the flags "
+                  "below; flags given win.")
+flags.DEFINE_string("config", "configs/mobilenet.py", "Training config whose augmentation, "
+                    "optimizer and head phase are timed.")
+flags.DEFINE_list("alphas", None, "Widths.")
+flags.DEFINE_integer("image_size", None, "Square input side.")
+flags.DEFINE_integer("batch_size", None, "Batch size.")
+flags.DEFINE_integer("steps", None, "Timed steps.")
+flags.DEFINE_integer("warmup", None, "Untimed steps after compiling.")
+flags.DEFINE_enum("dtype", None, list(benchmarking.DTYPES), "Backbone compute dtype.")
+flags.DEFINE_enum("keras", None, list(benchmarking.KERAS_MODES), "Also time Keras.")
+flags.DEFINE_enum("ops", "auto", list(ops.IMPLS), "cxr_jax.ops implementation policy.")
+flags.DEFINE_bool("cached_features", None, "Time the cached-feature head phase.")
+flags.DEFINE_integer("cf_images", benchmarking.DEFAULT_CF_IMAGES,
+                     "Training images of the projected head phase.")
+flags.DEFINE_integer("cf_epochs", None, "Head-phase epochs (default: the config's).")
+flags.DEFINE_integer("eval_images", None, "> 0: time evaluating that many.")
+flags.DEFINE_integer("eval_batch_size", None, "Evaluation batch size.")
+flags.DEFINE_integer("pipeline_images", None, "Images of the input-pipeline timing.")
+flags.DEFINE_bool("depthwise", False, "Only time the two depthwise forms.")
+flags.DEFINE_string("json", "", "Also write the result dict here.")
+FLAGS = flags.FLAGS
+
+
+def _setting(name: str):
+  value = getattr(FLAGS, name)
+  return benchmarking.PRESETS[FLAGS.preset][name] if value is None else value
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.depthwise:
+    result = {"depthwise": benchmarking.depthwise_timings()}
+    print(json.dumps(result, indent=2))
+  else:
+    alphas = _setting("alphas")
+    alphas = alphas.split(",") if isinstance(alphas, str) else alphas
+    result = benchmarking.run(
+        config_files.load(FLAGS.config), alphas=[float(a) for a in alphas if a],
+        image_size=_setting("image_size"), batch_size=_setting("batch_size"),
+        steps=_setting("steps"), warmup=_setting("warmup"), dtype=_setting("dtype"),
+        keras=_setting("keras"), ops_impl=FLAGS.ops,
+        cached_features=_setting("cached_features"), cf_images=FLAGS.cf_images,
+        cf_epochs=FLAGS.cf_epochs, eval_images=_setting("eval_images"),
+        eval_batch_size=FLAGS.eval_batch_size, pipeline_images=_setting("pipeline_images"),
+        log=functools.partial(print, file=sys.stderr, flush=True))
+    result["settings"]["preset"] = FLAGS.preset
+    print(benchmarking.format_table(result), flush=True)
+  if FLAGS.json:
+    with open(FLAGS.json, "w") as f:
+      json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+  startup.run(main)

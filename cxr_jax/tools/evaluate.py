@@ -1,0 +1,46 @@
+"""Evaluates a trained workdir on any NORMAL/ + PNEUMONIA/ folder; prints a table, writes JSON.
+
+  python -m cxr_jax.tools.evaluate --workdir=workdirs/cnn_v3 --data_dir=data/chest_xray/test \
+      --output=workdirs/cnn_v3/test_metrics.json
+"""
+
+if __name__ == "__main__":
+  from cxr_jax.tools import malloc_tuning
+  malloc_tuning.reexec_with_tunables()  # Before the heavy imports: restarts once.
+
+import os  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from absl import app
+from absl import flags
+
+from cxr_jax import workdir as workdir_lib
+from cxr_jax.evaluation import evaluate
+from cxr_jax.tools import startup
+
+flags.DEFINE_string("workdir", None, "Training workdir (holds config.json and checkpoints/).",
+                    required=True)
+flags.DEFINE_string("data_dir", None, "Folder with NORMAL/ and PNEUMONIA/; default: the "
+                    "test/ split of the config's data_dir.")
+flags.DEFINE_string("output", None, "Where to write the metrics JSON; default "
+                    "<workdir>/eval_<folder name>.json.")
+flags.DEFINE_integer("batch_size", None, "Evaluation batch size; default from the config.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = workdir_lib.load_config(FLAGS.workdir)
+  data_dir = FLAGS.data_dir or os.path.join(config.data.data_dir, "test")
+  output = FLAGS.output or os.path.join(
+      FLAGS.workdir, f"eval_{os.path.basename(os.path.normpath(data_dir))}.json")
+  # Checked before the work: a read-only workdir must not lose a finished evaluation.
+  workdir_lib.check_writable(output)
+  result = evaluate.evaluate_folder(FLAGS.workdir, data_dir, FLAGS.batch_size)
+  workdir_lib.write_json(output, result)
+  print(evaluate.format_result(result))
+  print(f"Wrote {output}")
+
+
+if __name__ == "__main__":
+  startup.run(main)

@@ -1,0 +1,37 @@
+"""Scores image files (JPEG, PNG, DICOM, ...) with a trained workdir; one CSV row per file.
+
+  python -m cxr_jax.tools.predict --workdir=workdirs/cnn_v3 scans/ extra.dcm \
+      --output=preds.csv [--gradcam_dir=overlays] [--target_sensitivity=0.95]
+"""
+
+if __name__ == "__main__":
+  from cxr_jax.tools import malloc_tuning
+  malloc_tuning.reexec_with_tunables()  # Before the heavy imports: restarts once.
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags
+
+from cxr_jax.evaluation import predict
+from cxr_jax.tools import startup
+
+flags.DEFINE_string("workdir", None, "Training workdir (config.json and the model).",
+                    required=True)
+flags.DEFINE_string("output", "predictions.csv", "CSV to write, one row per file.")
+flags.DEFINE_string("gradcam_dir", None, "Write a Grad-CAM overlay PNG per file here "
+                    "(convolutional models only).")
+flags.DEFINE_float("target_sensitivity", None, "Label at the highest threshold reaching "
+                   "this validation sensitivity instead of the validation-F1 threshold.")
+flags.DEFINE_integer("batch_size", None, "Inference batch size; default from the config.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise app.UsageError("Give one or more image files or folders to score.")
+  summary = predict.predict_files(FLAGS.workdir, argv[1:], FLAGS.output, FLAGS.gradcam_dir,
+                                  FLAGS.target_sensitivity, FLAGS.batch_size)
+  print(predict.format_summary(summary))
+
+
+if __name__ == "__main__":
+  startup.run(main)
