@@ -30,6 +30,8 @@ def get_config():
   config.data.max_images_per_class = 0  # > 0 keeps only that many per class (debug runs).
   # Images with a shorter side are skipped with a reason: nothing to see at that size.
   config.data.min_image_side = 32
+  # Fraction of each side cut away before resizing (markers and burnt-in text sit there).
+  config.data.crop_border = 0.0
 
   config.augment = ml_collections.ConfigDict()
   config.augment.enabled = True
@@ -38,6 +40,11 @@ def get_config():
   config.augment.zoom_fraction = 0.1
   config.augment.brightness = 0.1
   config.augment.contrast = 0.1
+  # Off unless a config turns them on (see cxr_jax/data/augment.py for their meaning).
+  config.augment.crop_scale_min = 1.0
+  config.augment.gamma = 1.0
+  config.augment.blur_sigma = 0.0
+  config.augment.noise_std = 0.0
   config.augment.horizontal_flip = False
 
   config.model = ml_collections.ConfigDict()
@@ -53,18 +60,20 @@ def get_config():
   config.weight_decay = 1e-4
   # "balanced" weighs each class by n_images / (2 * n_class) in the loss; "none" doesn't.
   config.class_weight = "balanced"
-  config.early_stopping_patience = 5  # Epochs without a better validation F1.
+  # The validation number that picks the best epoch and drives early stopping:
+  # "loss" (log loss), "auc" or "f1" (at 0.5).
+  config.selection_metric = "f1"
+  config.early_stopping_patience = 5  # Epochs without a better selection metric.
+  config.label_smoothing = 0.0
+  config.mixup_prob = 0.0  # Fraction of training images mixed with another (mixup).
+  config.mixup_alpha = 0.4  # Beta(alpha, alpha) mixing weights.
+  config.ema_decay = 0.0  # > 0: validation, selection and the saved model use the EMA weights.
   config.log_every_steps = 50
   return config
 
 
-def apply_variant(config, variant):
-  """Applies a named variant given after the config path (`--config=configs/x.py:debug`)."""
-  if variant in ("", None):
-    return config
-  if variant != "debug":
-    raise ValueError(f"Unknown config variant {variant!r}; the only variant is 'debug'.")
-  # A few steps on a small subset: for tests and for checking a change end to end.
+def _debug(config):
+  """A few steps on a small subset: for tests and for checking a change end to end."""
   config.data.max_images_per_class = 24
   config.data.image_size = min(config.data.image_size, 64)
   config.data.val_fraction = 0.25
@@ -75,4 +84,75 @@ def apply_variant(config, variant):
   config.log_every_steps = 2
   if "n_components" in config.model:
     config.model.n_components = 8
+  if config.get("phases"):
+    config.phases = [dict(p, num_epochs=1) for p in config.phases]
+
+
+def _full(config):
+  """Fine-tune every layer with BatchNorm trained, after a short frozen-backbone head phase."""
+  if not config.get("phases"):
+    raise ValueError("Variant 'full' is for the two-phase (pretrained) configs.")
+  head = dict(config.phases[0], num_epochs=5)
+  config.phases = [head, dict(name="fine_tune", num_epochs=12, learning_rate=3e-4,
+                              trainable="all", train_batch_norm=True)]
+
+
+def _augment_strongly(config):
+  """Intensity and crop augmentation for other scanners' contrast, exposure and framing."""
+  config.augment.update(dict(brightness=0.15, contrast=0.3, gamma=1.5, blur_sigma=1.0,
+                             noise_std=0.03, crop_scale_min=0.7))
+
+
+def _image_size(size):
+  def apply(config):
+    config.data.image_size = size
+  return apply
+
+
+def _set(**values):
+  def apply(config):
+    for key, value in values.items():
+      node = config
+      *parents, leaf = key.split(".")
+      for parent in parents:
+        node = node[parent]
+      node[leaf] = value
+  return apply
+
+
+# Recipe levers, joined with "+" after the config path (configs/mobilenet.py:full+loss+aug):
+VARIANTS = {
+    "debug": _debug,
+    "full": _full,
+    "loss": _set(selection_metric="loss"),
+    "auc": _set(selection_metric="auc"),
+    "f1": _set(selection_metric="f1"),
+    "aug": _augment_strongly,
+    "crop": _set(**{"data.crop_border": 0.08}),
+    "ls": _set(label_smoothing=0.1),
+    "mixup": _set(mixup_prob=0.5),
+    "ema": _set(ema_decay=0.998),
+    "noweight": _set(class_weight="none"),
+    "bn99": _set(**{"model.bn_momentum": 0.99}),
+    "s128": _image_size(128),
+    "s160": _image_size(160),
+    "s192": _image_size(192),
+}
+
+
+def apply_variant(config, variant):
+  """Applies the "+"-joined variants given after the config path (`configs/x.py:debug`).
+
+  Every variant but debug is added to config.name, so each recipe gets its own workdir.
+  """
+  tokens = [t for t in (variant or "").split("+") if t]
+  unknown = [t for t in tokens if t not in VARIANTS]
+  if unknown:
+    raise ValueError(f"Unknown config variant {unknown[0]!r}; known: {sorted(VARIANTS)} "
+                     "(join several with '+').")
+  for token in tokens:
+    VARIANTS[token](config)
+  recipe = [t for t in tokens if t != "debug"]
+  if recipe and config.name:
+    config.name = f"{config.name}-{'+'.join(recipe)}"
   return config

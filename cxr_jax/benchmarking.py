@@ -5,7 +5,7 @@
   python -m cxr_jax.tools.bench --alphas=0.35 --steps=5 --warmup=1 --keras=off --json=bench.json
 
 One run prints one table:
-  * Flax training images/s: the real `train.make_train_step` (augmentation on device,
+  * Flax training images/s: the real `train_step.make_train_step` (augmentation on device,
     all parameters trainable, BatchNorm updating, state donated) on a device-resident
     batch; inference images/s: the jitted `predictor.make_predict_fn` (probabilities
     and features, as every command scores). Compile
@@ -55,6 +55,7 @@ from cxr_jax import data as data_lib
 from cxr_jax import models
 from cxr_jax import ops
 from cxr_jax import train
+from cxr_jax import train_step as step_lib
 from cxr_jax.data import augment
 from cxr_jax.data import batches
 from cxr_jax.evaluation import inference
@@ -180,9 +181,8 @@ def time_independent(fn: Callable, warmup: int, steps: int) -> tuple[float, floa
 def _train_state(model, config, phase, variables, steps_per_epoch: int = 100):
   """A fresh TrainState on copies of `variables`: the step donates (deletes) its buffers."""
   variables = jax.tree_util.tree_map(jnp.copy, variables)
-  tx = train.make_optimizer(config, phase, variables["params"], model, steps_per_epoch)
-  return train.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                                 batch_stats=variables.get("batch_stats"))
+  hparams = step_lib.phase_hparams(config, phase, steps_per_epoch, np.ones(2, np.float32))
+  return step_lib.create_state(model, variables, hparams)
 
 
 def bench_flax(model, variables, config, batch: dict, warmup: int, steps: int) -> dict:
@@ -191,8 +191,7 @@ def bench_flax(model, variables, config, batch: dict, warmup: int, steps: int) -
   batch = jax.device_put(batch)
   rng = jax.random.PRNGKey(0)
   state = _train_state(model, config, _phase(config), variables)
-  step = jax.jit(train.make_train_step(model, config.augment, np.ones(2, np.float32),
-                                       train_batch_norm=True), donate_argnums=(0,))
+  step = jax.jit(step_lib.make_train_step(model, train_batch_norm=True), donate_argnums=(0,))
   step, train_compile = _compile(step, state, batch, rng)
   state, train_warm, train_s = time_chain(lambda s: step(s, batch, rng)[0], state,
                                           warmup, steps)
@@ -247,15 +246,14 @@ def bench_cached_features(model, variables, config, batch: dict, warmup: int, st
   """Head phase: cached features vs the frozen backbone every epoch, projected to (N, E)."""
   batch_size = batch["label"].shape[0]
   rng = jax.random.PRNGKey(0)
-  weights = np.ones(2, np.float32)
   phase = _phase(config, name="head", trainable="head", train_batch_norm=False,
                  cached_features=True)
   batch = jax.device_put(batch)
 
   # Through the frozen backbone, as the loop runs a head phase without cached_features.
   state = _train_state(model, config, phase, variables)
-  mask = train.trainable_mask(state.params, phase, model)
-  frozen = jax.jit(train.make_train_step(model, config.augment, weights, False, mask),
+  mask = step_lib.trainable_mask(state.params, phase, model)
+  frozen = jax.jit(step_lib.make_train_step(model, mask, train_batch_norm=False),
                    donate_argnums=(0,))
   frozen, frozen_compile = _compile(frozen, state, batch, rng)
   state, _, frozen_s = time_chain(lambda s: frozen(s, batch, rng)[0], state, warmup, steps)
@@ -268,7 +266,7 @@ def bench_cached_features(model, variables, config, batch: dict, warmup: int, st
   # Head steps on cached features.
   feats = {"image": features_fn(variables, batch["image"]), "label": batch["label"]}
   state = _train_state(model, config, phase, variables)
-  head = jax.jit(train.make_head_step(model, weights), donate_argnums=(0,))
+  head = jax.jit(step_lib.make_head_step(model, mask), donate_argnums=(0,))
   head, head_compile = _compile(head, state, feats, rng)
   state, _, head_s = time_chain(lambda s: head(s, feats, rng)[0], state, warmup, steps)
   del state
@@ -317,7 +315,8 @@ def bench_input_pipeline(config, n_images: int, image_size: int, batch_size: int
   copy_n, copy_s = epoch(copy=True)
 
   device_images = jax.device_put(images[:batch_size])
-  aug = jax.jit(lambda key, x: augment.augment(key, x, config.augment))
+  strengths = {k: jnp.float32(v) for k, v in augment.strengths(config.augment).items()}
+  aug = jax.jit(lambda key, x: augment.augment(key, x, strengths))
   key = jax.random.PRNGKey(0)
   aug, aug_compile = _compile(aug, key, device_images)
   _, aug_s = time_independent(lambda: aug(key, device_images), warmup, steps)

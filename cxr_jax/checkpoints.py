@@ -1,79 +1,148 @@
-"""Orbax checkpoints of a workdir: the latest epoch (to resume) and the best one (to evaluate).
+"""Orbax checkpoints of a workdir: one resume point per epoch, written atomically.
 
-  workdir/checkpoints/latest/<epoch>/{state, meta}   full train state + loop bookkeeping
-  workdir/checkpoints/best/<epoch>/{state, meta}     params + batch_stats + threshold, metrics
+  workdir/checkpoints/run/<epoch>/state   the full train state of the running phase
+                                  /best    params + batch_stats of the best epoch so far
+                                  /meta    loop bookkeeping (phase, epoch, history, best record)
+
+Each epoch's three items are one Orbax step, committed at once (written to a
+temporary folder, then renamed), so a stop at any moment leaves either the previous
+epoch or this one, never a state without its best model. The two newest epochs are
+kept: a resume point that cannot be read is moved aside (`corrupt-<epoch>`, never
+deleted) and the run resumes from the one before it. Workdirs written before this
+layout (`checkpoints/best/<epoch>`) still evaluate.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 
 import jax
 import orbax.checkpoint as ocp
 
+RUN_DIR = "run"
+LEGACY_BEST_DIR = "best"
 
-def _manager(workdir: str, kind: str, create: bool) -> ocp.CheckpointManager:
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints", kind)
-  options = ocp.CheckpointManagerOptions(max_to_keep=1, create=create,
-                                         enable_async_checkpointing=False)
+
+class CheckpointError(RuntimeError):
+  """A checkpoint exists but cannot be read."""
+
+
+def _root(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def _manager(directory: str, create: bool, max_to_keep: int = 2) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
+                                         enable_async_checkpointing=False,
+                                         cleanup_tmp_directories=True)
   return ocp.CheckpointManager(directory, options=options)
 
 
-class Checkpointer:
-  """Writes the latest and the best checkpoint of a training run."""
+def _finalized_steps(directory: str) -> list[int]:
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(e) for e in os.listdir(directory) if e.isdigit())
+
+
+class RunCheckpoints:
+  """The resume points of one training run (see the module docstring)."""
 
   def __init__(self, workdir: str):
     self.workdir = workdir
-    self.latest = _manager(workdir, "latest", create=True)
-    self.best = _manager(workdir, "best", create=True)
+    self.directory = os.path.join(_root(workdir), RUN_DIR)
+    self._manager = _manager(self.directory, create=True)
 
-  def save_latest(self, epoch: int, state_dict: dict, meta: dict) -> None:
-    self.latest.save(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state_dict), meta=ocp.args.JsonSave(meta)), force=True)
-    self.latest.wait_until_finished()
+  def save(self, epoch: int, state_dict: dict, best_variables: dict, meta: dict) -> None:
+    if epoch in self._manager.all_steps():  # Re-done after resuming from an older epoch.
+      self._set_aside(epoch, "superseded")
+    self._manager.save(epoch, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state_dict), best=ocp.args.StandardSave(best_variables),
+        meta=ocp.args.JsonSave(meta)), force=True)
+    self._manager.wait_until_finished()
 
-  def save_best(self, epoch: int, variables: dict, meta: dict) -> None:
-    self.best.save(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)), force=True)
-    self.best.wait_until_finished()
+  def _set_aside(self, step: int, why: str) -> None:
+    src = os.path.join(self.directory, str(step))
+    dst = os.path.join(_root(self.workdir), f"{why}-{step}")
+    if os.path.exists(dst):
+      shutil.rmtree(dst)
+    shutil.move(src, dst)
+    self._manager.reload()
 
-  def restore_latest(self, target_state_dict: dict) -> tuple[dict, dict] | None:
-    """(state_dict, meta) of the latest checkpoint, shaped like the target; None if none."""
-    step = self.latest.latest_step()
-    if step is None:
-      return None
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target_state_dict)
-    restored = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    return restored["state"], restored["meta"]
+  def restore_latest(self) -> tuple[dict, dict, dict] | None:
+    """(state_dict, best_variables, meta) of the newest readable epoch; None if none.
 
-  def latest_meta(self) -> dict | None:
-    """The loop bookkeeping of the latest checkpoint, without its arrays; None if none."""
-    step = self.latest.latest_step()
-    if step is None:
-      return None
-    restored = self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    return restored["meta"]
+    An unreadable newest epoch is moved aside (logged) and the one before it is used.
+    """
+    for step in reversed(self._manager.all_steps()):
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(), best=ocp.args.StandardRestore(),
+            meta=ocp.args.JsonRestore()))
+        return restored["state"], restored["best"], restored["meta"]
+      except Exception as e:  # pylint: disable=broad-except  # Orbax raises many kinds.
+        logging.warning("Checkpoint %s/%d is unreadable (%s: %s); moved aside to "
+                        "checkpoints/corrupt-%d, resuming from the epoch before it.",
+                        self.directory, step, type(e).__name__, str(e)[:200], step)
+        self._set_aside(step, "corrupt")
+    return None
 
   def close(self) -> None:
-    self.latest.close()
-    self.best.close()
+    self._manager.close()
+
+
+def _restore_step(directory: str, step: int, items: dict) -> dict:
+  manager = _manager(directory, create=False)
+  try:
+    return manager.restore(step, args=ocp.args.Composite(**items))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(
+        f"Checkpoint {directory}/{step} is unreadable ({type(e).__name__}: {str(e)[:200]}). "
+        "Re-run the training command: it resumes from the epoch before it.") from None
+  finally:
+    manager.close()
 
 
 def restore_best(workdir: str) -> tuple[dict, dict]:
-  """(variables, meta) of the best checkpoint of `workdir`, as host arrays."""
-  manager = _manager(workdir, "best", create=False)
-  step = manager.latest_step()
-  if step is None:
+  """(variables, best-epoch record) of the best model of `workdir`, as host arrays."""
+  run_dir = os.path.join(_root(workdir), RUN_DIR)
+  steps = _finalized_steps(run_dir)
+  if steps:
+    restored = _restore_step(run_dir, steps[-1], {"best": ocp.args.StandardRestore(),
+                                                  "meta": ocp.args.JsonRestore()})
+    return jax.device_get(restored["best"]), restored["meta"]["best"]
+  legacy_dir = os.path.join(_root(workdir), LEGACY_BEST_DIR)
+  steps = _finalized_steps(legacy_dir)
+  if not steps:
     raise FileNotFoundError(
-        f"No checkpoint under {os.path.join(workdir, 'checkpoints', 'best')}: train first "
+        f"No checkpoint under {_root(workdir)}: train first "
         f"(python launch.py --config=... --workdir={workdir}).")
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-  manager.close()
+  restored = _restore_step(legacy_dir, steps[-1], {"state": ocp.args.StandardRestore(),
+                                                   "meta": ocp.args.JsonRestore()})
   return jax.device_get(restored["state"]), restored["meta"]
 
 
+def compact(workdir: str) -> int:
+  """Drops what only resuming needs (older epochs, the optimizer state); returns bytes freed.
+
+  For shipping a finished workdir: it still evaluates, predicts and exports, but a
+  training command on it starts its phases over.
+  """
+  run_dir = os.path.join(_root(workdir), RUN_DIR)
+  steps = _finalized_steps(run_dir)
+  doomed = [os.path.join(run_dir, str(s)) for s in steps[:-1]]
+  if steps:
+    doomed.append(os.path.join(run_dir, str(steps[-1]), "state"))
+  freed = 0
+  for path in doomed:
+    if os.path.exists(path):
+      freed += sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path)
+                   for f in files)
+      shutil.rmtree(path)
+  return freed
+
+
 def has_best(workdir: str) -> bool:
-  best = os.path.join(workdir, "checkpoints", "best")
-  return os.path.isdir(best) and any(e.isdigit() for e in os.listdir(best))
+  return bool(_finalized_steps(os.path.join(_root(workdir), RUN_DIR))
+              or _finalized_steps(os.path.join(_root(workdir), LEGACY_BEST_DIR)))

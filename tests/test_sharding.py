@@ -15,6 +15,7 @@ import json, sys
 import jax, jax.numpy as jnp, numpy as np
 from configs import cnn_v2
 from cxr_jax import models, sharding, train
+from cxr_jax import train_step as steps
 config = cnn_v2.get_config("debug")
 model = models.create_model(config.model)
 rng = np.random.default_rng(0)
@@ -22,13 +23,10 @@ batch = {"image": rng.integers(0, 256, (16, 32, 32, 1), dtype=np.uint8),
          "label": np.array([0, 1] * 8, np.int32)}
 variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))
 phase = train.get_phases(config)[0]
-tx = train.make_optimizer(config, phase, variables["params"], model, steps_per_epoch=10)
+hparams = steps.phase_hparams(config, phase, 10, np.ones(2, np.float32))
 mesh = sharding.data_mesh()
-state = sharding.replicate(train.TrainState.create(
-    apply_fn=model.apply, params=variables["params"], tx=tx,
-    batch_stats=variables["batch_stats"]), mesh)
-step = jax.jit(train.make_train_step(model, config.augment, np.ones(2, np.float32), True),
-               donate_argnums=(0,))
+state = sharding.replicate(steps.create_state(model, variables, hparams), mesh)
+step = jax.jit(steps.make_train_step(model), donate_argnums=(0,))
 losses = []
 for _ in range(3):
   sharded = sharding.shard_batch(batch, mesh)

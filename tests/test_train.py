@@ -10,8 +10,9 @@ import pytest
 
 from configs import cnn_baseline, pca_logreg
 from cxr_jax import checkpoints
-from cxr_jax.evaluation import evaluate
 from cxr_jax import train
+from cxr_jax import train_step as steps
+from cxr_jax.evaluation import evaluate
 from tests.conftest import REPO
 
 
@@ -41,26 +42,36 @@ def test_train_checkpoint_evaluate_resume(chest_xray_dir, tmp_path):
   assert result["at_0.5"]["threshold"] == 0.5
   assert "validation threshold" in evaluate.format_result(result)
 
-  # Same command with more epochs continues from epoch 1 instead of starting over.
+  # Another config is refused, naming what differs; allowed explicitly, the run continues
+  # from epoch 1 instead of starting over and the change is recorded.
   config.num_epochs = 2
-  summary = train.train_and_evaluate(config, workdir)
+  with pytest.raises(train.ConfigChangedError, match=r"num_epochs: 1 -> 2"):
+    train.train_and_evaluate(config, workdir)
+  summary = train.train_and_evaluate(config, workdir, allow_config_change=True)
   history = json.load(open(os.path.join(workdir, "history.json")))
   assert [h["epoch"] for h in history] == [1, 2]
   assert summary["epochs_run"] == 2
+  changes = json.load(open(os.path.join(workdir, train.CONFIG_HISTORY_FILE)))
+  assert changes[-1]["changed"] == {"num_epochs": {"from": 1, "to": 2}}
+  assert json.load(open(os.path.join(workdir, "config.json")))["num_epochs"] == 2
 
 
-def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(chest_xray_dir, tmp_path):
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(chest_xray_dir, tmp_path,
+                                                                   monkeypatch):
   workdir = str(tmp_path / "nan")
   config = debug_config(cnn_baseline, chest_xray_dir)
   config.num_epochs = 1
   train.train_and_evaluate(config, workdir)
   config.num_epochs = 2
-  config.learning_rate = 1e30
-  config.unlock()
-  with pytest.raises(train.NonFiniteLossError, match="last good checkpoint"):
-    train.train_and_evaluate(config, workdir)
-  meta = checkpoints.Checkpointer(workdir).latest_meta()
-  assert meta["global_epoch"] == 1
+  real_loss = steps.weighted_bce
+  monkeypatch.setattr(steps, "weighted_bce", lambda *a: real_loss(*a) * float("nan"))
+  with pytest.raises(train.NonFiniteLossError, match="resume point of epoch 1 is kept"):
+    train.train_and_evaluate(config, workdir, allow_config_change=True)
+  _, _, meta = checkpoints.RunCheckpoints(workdir).restore_latest()
+  assert meta["progress"]["global_epoch"] == 1
+  # Diverging before any epoch finished says so instead of claiming a checkpoint.
+  with pytest.raises(train.NonFiniteLossError, match="nothing was kept"):
+    train.train_and_evaluate(config, str(tmp_path / "nan_first"))
 
 
 def test_pca_logreg_trains_and_evaluates(chest_xray_dir, tmp_path):

@@ -2,8 +2,8 @@
 
   data.load(config.data, "train" | "validation" | "test") -> DecodedSet
   data.load_train_val(config.data) -> (train, validation)
-  data.load_folder(folder, image_size, channels)   any NORMAL/ + PNEUMONIA/ folder
-  data.load_files(paths, image_size, channels)     unlabelled files and folders (predict)
+  data.load_folder(folder, Preprocess(...))  any NORMAL/ + PNEUMONIA/ folder
+  data.load_files(paths, Preprocess(...))    unlabelled files and folders (predict)
 
 `config.data.source` picks where the Kermany splits come from, for every split:
 "tfds" (the versioned, checksummed `chest_xray_pneumonia` build, `tfds_builder`) or
@@ -18,6 +18,7 @@ from __future__ import annotations
 from cxr_jax.data import folder
 from cxr_jax.data import splits
 from cxr_jax.data.dataset import DecodedSet, UNLABELLED, empty_set  # noqa: F401
+from cxr_jax.data.decode import Preprocess  # noqa: F401
 from cxr_jax.data.folder import expand_paths, load_files, load_folder  # noqa: F401
 from cxr_jax.data.splits import CLASS_NAMES, SPLITS  # noqa: F401
 

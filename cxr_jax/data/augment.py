@@ -1,10 +1,15 @@
 """Data augmentation in JAX, run inside the jitted train step on the accelerator.
 
-The set mirrors the Keras ImageDataGenerator used by the seed notebook: small
-rotation, shift and zoom (one random affine map per image, bilinear, edge pixels
-repeated like Keras's fill_mode="nearest"), then brightness and contrast jitter.
-No horizontal flip by default: the heart sits on the patient's left, and a
-mirrored chest is not an image the model will meet.
+Geometric: one random affine map per image (small rotation, shift, zoom, and a
+random resized crop folded into the same map), bilinear, edge pixels repeated like
+Keras's fill_mode="nearest". Intensity: gamma, brightness and contrast jitter,
+Gaussian blur and Gaussian noise. No horizontal flip by default: the heart sits on
+the patient's left, and a mirrored chest is not an image the model will meet.
+
+Every strength is a traced scalar (`strengths(config.augment)`, kept in the train
+state), not a constant of the compiled step: recipes that differ only in their
+augmentation share one compiled program. A strength of 0 (gamma 1, crop scale 1) is
+the identity.
 """
 
 from __future__ import annotations
@@ -12,10 +17,31 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+# Fields of config.augment that are strengths (traced), with their identity values.
+STRENGTHS = {
+    "rotation_degrees": 0.0,   # Uniform in [-r, r] degrees.
+    "shift_fraction": 0.0,     # Uniform in [-s, s] of the side, each axis.
+    "zoom_fraction": 0.0,      # Zoom factor uniform in [1 - z, 1 + z].
+    "crop_scale_min": 1.0,     # Random resized crop: area fraction uniform in [c, 1].
+    "brightness": 0.0,         # Added, uniform in [-b, b].
+    "contrast": 0.0,           # Factor uniform in [1 - c, 1 + c] around the image mean.
+    "gamma": 1.0,              # x ** g' with log g' uniform in [-log g, log g].
+    "blur_sigma": 0.0,         # Gaussian blur, sigma uniform in [0, s] pixels.
+    "noise_std": 0.0,          # Gaussian noise, std uniform in [0, n].
+}
+_BLUR_RADIUS = 3  # Taps each side: enough for sigma <= ~1.5 px.
+
 
 def to_float(images: jax.Array) -> jax.Array:
   """uint8 [0, 255] -> float32 [0, 1], the input convention of every model."""
   return images.astype(jnp.float32) * (1.0 / 255.0)
+
+
+def strengths(aug_config) -> dict[str, float]:
+  """The traced strengths of config.augment; all identity when augmentation is disabled."""
+  if not aug_config.get("enabled", True):
+    return dict(STRENGTHS)
+  return {k: float(aug_config.get(k, identity)) for k, identity in STRENGTHS.items()}
 
 
 def _bilinear_sample(image: jax.Array, src_y: jax.Array, src_x: jax.Array) -> jax.Array:
@@ -55,30 +81,72 @@ def _affine_one(image, angle, shift_y, shift_x, zoom, flip):
   return _bilinear_sample(image, src_y, src_x)
 
 
-def augment(rng: jax.Array, images: jax.Array, aug_config) -> jax.Array:
-  """Random augmentation of a uint8 batch [B,H,W,C]; returns float32 in [0, 1].
+def _geometry(keys, batch: int, s: dict, flip_enabled: bool):
+  def uniform(key, limit):
+    return jax.random.uniform(key, (batch,), minval=-1.0, maxval=1.0) * limit
 
-  aug_config fields: enabled, rotation_degrees, shift_fraction, zoom_fraction,
-  brightness, contrast, horizontal_flip (see configs/base.py).
-  """
-  x = to_float(images)
-  if not aug_config.enabled:
-    return x
+  angle = jnp.deg2rad(uniform(keys[0], s["rotation_degrees"]))
+  shift_y = uniform(keys[1], s["shift_fraction"])
+  shift_x = uniform(keys[2], s["shift_fraction"])
+  zoom = 1.0 + uniform(keys[3], s["zoom_fraction"])
+  # Random resized crop: keep an area fraction a in [crop_scale_min, 1] (zoom in by
+  # 1/sqrt(a)) at a random position inside the image.
+  area = jax.random.uniform(keys[4], (batch,), minval=s["crop_scale_min"], maxval=1.0)
+  crop_zoom = jax.lax.rsqrt(jnp.maximum(area, 1e-3))
+  room = 0.5 * (1.0 - 1.0 / crop_zoom)
+  shift_y = shift_y + uniform(keys[5], room)
+  shift_x = shift_x + uniform(keys[6], room)
+  flip = (jax.random.bernoulli(keys[7], 0.5, (batch,)) if flip_enabled
+          else jnp.zeros((batch,), bool))
+  return angle, shift_y, shift_x, zoom * crop_zoom, flip
+
+
+def _blur(x: jax.Array, sigma: jax.Array) -> jax.Array:
+  """Separable Gaussian blur of [B,H,W,C] with a per-image sigma (0 = identity), edges repeated."""
+  taps = jnp.arange(-_BLUR_RADIUS, _BLUR_RADIUS + 1, dtype=jnp.float32)
+  safe = jnp.maximum(sigma, 1e-3)[:, None]
+  weights = jnp.exp(-0.5 * jnp.square(taps[None, :] / safe))
+  weights = weights / jnp.sum(weights, axis=1, keepdims=True)  # [B, taps]
+  r = _BLUR_RADIUS
+  for axis in (1, 2):
+    pad = [(0, 0)] * 4
+    pad[axis] = (r, r)
+    padded = jnp.pad(x, pad, mode="edge")
+    size = x.shape[axis]
+    x = sum(weights[:, i, None, None, None]
+            * jax.lax.slice_in_dim(padded, i, i + size, axis=axis)
+            for i in range(2 * r + 1))
+  return x
+
+
+def _intensity(keys, x: jax.Array, s: dict) -> jax.Array:
   batch = x.shape[0]
-  keys = jax.random.split(rng, 7)
 
   def uniform(key, limit):
-    return jax.random.uniform(key, (batch,), minval=-limit, maxval=limit)
+    return jax.random.uniform(key, (batch, 1, 1, 1), minval=-1.0, maxval=1.0) * limit
 
-  angle = jnp.deg2rad(uniform(keys[0], aug_config.rotation_degrees))
-  shift_y = uniform(keys[1], aug_config.shift_fraction)
-  shift_x = uniform(keys[2], aug_config.shift_fraction)
-  zoom = 1.0 + uniform(keys[3], aug_config.zoom_fraction)
-  flip = (jax.random.bernoulli(keys[4], 0.5, (batch,)) if aug_config.horizontal_flip
-          else jnp.zeros((batch,), bool))
-  x = jax.vmap(_affine_one)(x, angle, shift_y, shift_x, zoom, flip)
-  brightness = uniform(keys[5], aug_config.brightness)[:, None, None, None]
-  contrast = 1.0 + uniform(keys[6], aug_config.contrast)[:, None, None, None]
+  gamma = jnp.exp(uniform(keys[0], jnp.log(jnp.maximum(s["gamma"], 1.0))))
+  x = jnp.power(jnp.clip(x, 1e-6, 1.0), gamma)
+  brightness = uniform(keys[1], s["brightness"])
+  contrast = 1.0 + uniform(keys[2], s["contrast"])
   mean = jnp.mean(x, axis=(1, 2, 3), keepdims=True)
   x = (x - mean) * contrast + mean + brightness
+  sigma = jax.random.uniform(keys[3], (batch,)) * s["blur_sigma"]
+  x = _blur(x, sigma)
+  noise_std = jax.random.uniform(keys[4], (batch, 1, 1, 1)) * s["noise_std"]
+  x = x + noise_std * jax.random.normal(keys[5], x.shape)
   return jnp.clip(x, 0.0, 1.0)
+
+
+def augment(rng: jax.Array, images: jax.Array, s: dict, horizontal_flip: bool = False
+            ) -> jax.Array:
+  """Random augmentation of a uint8 batch [B,H,W,C]; returns float32 in [0, 1].
+
+  s: {name: traced scalar} for every key of STRENGTHS (see `strengths`).
+  horizontal_flip: static; a chest X-ray is never flipped in the shipped configs.
+  """
+  x = to_float(images)
+  geometry_keys, intensity_keys = jax.random.split(rng)
+  geometry = _geometry(jax.random.split(geometry_keys, 8), x.shape[0], s, horizontal_flip)
+  x = jax.vmap(_affine_one)(x, *geometry)
+  return _intensity(jax.random.split(intensity_keys, 6), x, s)

@@ -49,9 +49,9 @@ class DecodedSet:
     return bool(len(self.labels)) and bool(np.all(self.labels != UNLABELLED))
 
 
-def empty_set(image_size: int, channels: int, skipped: list[dict] | None = None) -> DecodedSet:
-  return DecodedSet(np.zeros((0, image_size, image_size, channels), np.uint8),
-                    np.zeros(0, np.int32), [], [], skipped or [])
+def empty_set(prep: decode.Preprocess, skipped: list[dict] | None = None) -> DecodedSet:
+  return DecodedSet(np.zeros((0,) + prep.shape, np.uint8), np.zeros(0, np.int32), [], [],
+                    skipped or [])
 
 
 def imap(fn: Callable, items: Sequence, workers: int | None = None) -> Iterator:
@@ -71,25 +71,24 @@ def imap(fn: Callable, items: Sequence, workers: int | None = None) -> Iterator:
       yield pending.popleft().result()
 
 
-def decode_examples(examples: Sequence[splits.Example], image_size: int, channels: int,
-                    description: str = "images", min_side: int = 1,
+def decode_examples(examples: Sequence[splits.Example], prep: decode.Preprocess,
+                    description: str = "images",
                     progress: Callable[[Iterator, int, str], Iterator] | None = None
                     ) -> DecodedSet:
   """Decodes and resizes every file once, in parallel; bad files are skipped and listed.
 
   progress: optional wrapper of the result iterator (a progress bar), given the count.
   """
-  height = width = int(image_size)
   if not examples:
     raise ValueError(f"No files to decode for {description}.")
 
   def _decode(path: str):
     try:
-      return decode.decode_file(path, (height, width), channels, min_side), ""
+      return decode.decode_file(path, prep), ""
     except decode.ImageDecodeError as e:
       return None, str(e) or "unreadable"
 
-  images = np.empty((len(examples), height, width, channels), np.uint8)
+  images = np.empty((len(examples),) + prep.shape, np.uint8)
   errors: list[str] = []
   start = time.time()
   results = imap(_decode, [ex.path for ex in examples])
@@ -103,8 +102,8 @@ def decode_examples(examples: Sequence[splits.Example], image_size: int, channel
   skipped = [{"path": examples[i].path, "reason": errors[i]} for i, e in enumerate(errors) if e]
   for item in skipped:
     logging.warning("Skipped %s: %s", item["path"], item["reason"])
-  logging.info("Decoded %d %s to %dx%dx%d in %.1fs (%d skipped).", len(keep), description,
-               height, width, channels, time.time() - start, len(skipped))
+  logging.info("Decoded %d %s to %s in %.1fs (%d skipped).", len(keep), description,
+               "x".join(map(str, prep.shape)), time.time() - start, len(skipped))
   decoded = DecodedSet(images, np.array([ex.label for ex in examples], np.int32),
                        [ex.path for ex in examples], [ex.patient_id for ex in examples],
                        skipped=[])

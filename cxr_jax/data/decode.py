@@ -9,6 +9,7 @@ own with a reason; `convert_and_resize` then makes the model input.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -66,10 +67,17 @@ def open_image(data: bytes) -> Image.Image:
   return img
 
 
-def convert_and_resize(img: Image.Image, size: tuple[int, int], channels: int) -> np.ndarray:
-  """The last step of `decode_image`: an `open_image` result to (height, width, channels) uint8."""
+def convert_and_resize(img: Image.Image, size: tuple[int, int], channels: int,
+                       crop_border: float = 0.0) -> np.ndarray:
+  """The last step of `decode_image`: an `open_image` result to (height, width, channels) uint8.
+
+  crop_border: the fraction of each side cut away first (where markers and text sit).
+  """
   # RGBA/LA: alpha is dropped, the stored colour kept (what viewers show on black).
   img = img.convert("L" if channels == 1 else "RGB")
+  if crop_border > 0:
+    dx, dy = round(img.width * crop_border), round(img.height * crop_border)
+    img = img.crop((dx, dy, max(dx + 1, img.width - dx), max(dy + 1, img.height - dy)))
   height, width = size
   if (img.height, img.width) != (height, width):
     img = img.resize((width, height), Image.BILINEAR)
@@ -155,14 +163,38 @@ def check_min_side(width: int, height: int, min_side: int) -> None:
                            f"{min_side} pixels (config.data.min_image_side)")
 
 
-def decode_file(path: str, size: tuple[int, int], channels: int, min_side: int = 1
-                ) -> np.ndarray:
-  """The model input of one file: (height, width, channels) uint8; ImageDecodeError if not."""
-  if channels not in (1, 3):
-    raise ValueError(f"channels must be 1 or 3, got {channels}.")
-  img = open_file(path)
-  check_min_side(img.width, img.height, min_side)
-  return convert_and_resize(img, size, channels)
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+  """How a decoded image becomes a model input (config.data: image_size, channels, ...)."""
+  image_size: int
+  channels: int = 1
+  min_side: int = 1  # Shorter images are skipped with a reason.
+  crop_border: float = 0.0  # Fraction of each side cut away before resizing.
+
+  def __post_init__(self):
+    if self.channels not in (1, 3):
+      raise ValueError(f"channels must be 1 or 3, got {self.channels}.")
+
+  @classmethod
+  def from_config(cls, data_config) -> "Preprocess":
+    return cls(int(data_config.image_size), int(data_config.channels),
+               int(data_config.get("min_image_side", 1)),
+               float(data_config.get("crop_border", 0.0)))
+
+  @property
+  def shape(self) -> tuple[int, int, int]:
+    return (self.image_size, self.image_size, self.channels)
+
+  def apply(self, img: Image.Image) -> np.ndarray:
+    """(image_size, image_size, channels) uint8 of an `open_file` result."""
+    check_min_side(img.width, img.height, self.min_side)
+    return convert_and_resize(img, (self.image_size, self.image_size), self.channels,
+                              self.crop_border)
+
+
+def decode_file(path: str, prep: Preprocess) -> np.ndarray:
+  """The model input of one file; ImageDecodeError with the reason if there is none."""
+  return prep.apply(open_file(path))
 
 
 def display_image(img: Image.Image, max_side: int = 320) -> np.ndarray:

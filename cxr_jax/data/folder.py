@@ -14,15 +14,12 @@ from typing import Sequence
 import numpy as np
 
 from cxr_jax.data import dataset
+from cxr_jax.data import decode
 from cxr_jax.data import splits
 
 # Folders given to `predict` are searched for these; files named directly are always
 # tried. Extension-less files are included: DICOM exports often have no extension.
 SEARCHED_EXTENSIONS = splits.IMAGE_EXTENSIONS + (".dcm", ".dicom")
-
-
-def _min_side(data_config) -> int:
-  return int(data_config.get("min_image_side", 1))
 
 
 def require_some(data: dataset.DecodedSet, n_files: int, description: str) -> None:
@@ -46,9 +43,8 @@ def load_train_val(data_config, progress=None) -> tuple[dataset.DecodedSet, data
                                                data_config.split_seed,
                                                data_config.max_images_per_class)
   description = f"train/ of {data_config.data_dir}"
-  decoded = dataset.decode_examples(train_ex + val_ex, data_config.image_size,
-                                    data_config.channels, description, _min_side(data_config),
-                                    progress)
+  decoded = dataset.decode_examples(train_ex + val_ex, decode.Preprocess.from_config(data_config),
+                                    description, progress)
   require_some(decoded, len(train_ex) + len(val_ex), description)
   val_paths = {ex.path for ex in val_ex}
   is_val = np.array([p in val_paths for p in decoded.paths])
@@ -59,19 +55,19 @@ def load_train_val(data_config, progress=None) -> tuple[dataset.DecodedSet, data
   return train, val
 
 
-def load_folder(folder: str, image_size: int, channels: int, max_per_class: int = 0,
-                min_side: int = 1, progress=None) -> dataset.DecodedSet:
+def load_folder(folder: str, prep: decode.Preprocess, max_per_class: int = 0,
+                progress=None) -> dataset.DecodedSet:
   """Decodes any folder laid out as NORMAL/ and PNEUMONIA/ (test split, external sets)."""
   examples = splits.limit_per_class(splits.list_class_folder(folder), max_per_class)
-  data = dataset.decode_examples(examples, image_size, channels, folder, min_side, progress)
+  data = dataset.decode_examples(examples, prep, folder, progress)
   require_some(data, len(examples), folder)
   return data
 
 
 def load_test(data_config, progress=None) -> dataset.DecodedSet:
-  return load_folder(os.path.join(data_config.data_dir, "test"), data_config.image_size,
-                     data_config.channels, data_config.max_images_per_class,
-                     _min_side(data_config), progress)
+  return load_folder(os.path.join(data_config.data_dir, "test"),
+                     decode.Preprocess.from_config(data_config),
+                     data_config.max_images_per_class, progress)
 
 
 def expand_paths(paths: Sequence[str]) -> list[str]:
@@ -92,11 +88,11 @@ def expand_paths(paths: Sequence[str]) -> list[str]:
   return out
 
 
-def load_files(paths: Sequence[str], image_size: int, channels: int, min_side: int = 1,
-               progress=None) -> dataset.DecodedSet:
+def load_files(paths: Sequence[str], prep: decode.Preprocess, progress=None
+               ) -> dataset.DecodedSet:
   """Unlabelled images of files and folders (searched recursively); bad files skipped."""
   files = expand_paths(paths)
   if not files:
     raise ValueError(f"No image files found in {list(paths)}.")
   examples = [splits.Example(path=f, label=dataset.UNLABELLED, patient_id="") for f in files]
-  return dataset.decode_examples(examples, image_size, channels, "files", min_side, progress)
+  return dataset.decode_examples(examples, prep, "files", progress)

@@ -401,33 +401,32 @@ def _decode(builder: ChestXrayPneumonia, tfds_splits: str, groups: Sequence[list
             data_config, description: str) -> list[dataset.DecodedSet]:
   """One DecodedSet per group of (readable) examples, in the groups' order.
 
-  The stored PNGs are converted by decode.decode_image, the raw-folder path's own
-  code, in a parallel tf.data map.
+  The stored PNGs are converted by `decode.Preprocess`, the raw-folder path's own
+  code, in a parallel tf.data map (images below the minimum side were left out of
+  the groups already, from their recorded sizes).
   """
-  height = width = int(data_config.image_size)
-  channels = int(data_config.channels)
+  prep = dataclasses.replace(decode.Preprocess.from_config(data_config), min_side=1)
   data_dir = data_config.data_dir
   names = [os.path.relpath(ex.path, data_dir) for group in groups for ex in group]
   if not names:
-    return [dataset.DecodedSet(np.zeros((0, height, width, channels), np.uint8),
-                                      np.zeros(0, np.int32), [], [], []) for _ in groups]
+    return [dataset.empty_set(prep) for _ in groups]
   table = tf.lookup.StaticHashTable(
       tf.lookup.KeyValueTensorInitializer(tf.constant(names), tf.range(len(names), dtype=tf.int64)),
       default_value=-1)
 
   def _convert(png: bytes) -> np.ndarray:
-    return decode.decode_image(png, (height, width), channels)
+    return prep.apply(decode.open_image(png))
 
   def _map(ex):
     image = tf.numpy_function(_convert, [ex["image"]], tf.uint8, stateful=False)
-    image.set_shape((height, width, channels))
+    image.set_shape(prep.shape)
     return table.lookup(ex["file_name"]), image, ex["label"], ex["patient_id"]
 
   ds = builder.as_dataset(split=tfds_splits, shuffle_files=False,
                           decoders={"image": tfds.decode.SkipDecoding()})
   ds = ds.filter(lambda ex: table.lookup(ex["file_name"]) >= 0)
   ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).batch(256)
-  images = np.zeros((len(names), height, width, channels), np.uint8)
+  images = np.zeros((len(names),) + prep.shape, np.uint8)
   labels = np.full(len(names), -1, np.int32)
   patient_ids = [""] * len(names)
   start = time.time()
@@ -440,8 +439,8 @@ def _decode(builder: ChestXrayPneumonia, tfds_splits: str, groups: Sequence[list
     missing = [n for n, f in zip(names, found) if not f]
     raise ValueError(f"{len(missing)} file(s) recorded in {builder.data_dir}'s metadata are not "
                      f"in its {tfds_splits} records, e.g. {missing[:5]}: rebuild with --overwrite.")
-  logging.info("Read %d %s from %s to %dx%dx%d in %.1fs.", len(names), description,
-               builder.data_dir, height, width, channels, time.time() - start)
+  logging.info("Read %d %s from %s to %s in %.1fs.", len(names), description, builder.data_dir,
+               "x".join(map(str, prep.shape)), time.time() - start)
   out, offset = [], 0
   for group in groups:
     sl = slice(offset, offset + len(group))

@@ -44,9 +44,8 @@ def evaluate_folder(workdir: str, data_dir: str, batch_size: int | None = None,
                     max_per_class: int = 0, calibrate: bool = True) -> dict:
   """Metrics of the workdir's model on `data_dir` (a NORMAL/ + PNEUMONIA/ folder)."""
   predictor = predictor_lib.load_predictor(workdir, batch_size)
-  data_config = predictor.config.data
-  data = data_lib.load_folder(data_dir, data_config.image_size, data_config.channels,
-                              max_per_class, data_config.get("min_image_side", 1))
+  data = data_lib.load_folder(data_dir, predictor.preprocess,
+                              max_per_class)
   cal = fit.load_or_fit(predictor)[0] if calibrate else None
   return evaluate_set(predictor, data, data_dir, cal)
 

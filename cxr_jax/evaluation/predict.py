@@ -98,8 +98,7 @@ def predict_files(workdir: str, paths, output: str, gradcam_dir: str | None = No
   files = data_lib.expand_paths(paths)
   if not files:
     raise ValueError(f"No image files found in {list(paths)}.")
-  decoded = data_lib.load_files(files, predictor.image_size, predictor.channels,
-                                predictor.config.data.get("min_image_side", 1))
+  decoded = data_lib.load_files(files, predictor.preprocess)
   errors = {s["path"]: s["reason"] for s in decoded.skipped}
   raw = (np.asarray(predictor.probs(decoded.images), np.float64) if len(decoded)
          else np.zeros(0))

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cxr_jax import checkpoints
+from cxr_jax import data as data_lib
 from cxr_jax import models
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.data import augment
@@ -47,6 +48,11 @@ class Predictor(abc.ABC):
   @property
   def model_name(self) -> str:
     return self.config.model.name
+
+  @property
+  def preprocess(self) -> data_lib.Preprocess:
+    """How files become this model's inputs (from the workdir's config.data)."""
+    return data_lib.Preprocess.from_config(self.config.data)
 
   @property
   def image_size(self) -> int:

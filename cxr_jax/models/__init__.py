@@ -106,7 +106,8 @@ def _mobilenet_v2(model_config):
   return mobilenet.MobileNetV2Classifier(
       alpha=model_config.alpha, dropout_rate=model_config.dropout_rate,
       ops=ops_impl(model_config), weights=model_config.weights,
-      weights_size=model_config.weights_size)
+      weights_size=model_config.weights_size,
+      bn_momentum=model_config.get("bn_momentum", mobilenet.mobilenet_v2.BN_MOMENTUM))
 
 
 register("cnn_baseline", FLAX, _cnn_baseline)

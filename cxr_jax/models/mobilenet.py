@@ -24,6 +24,7 @@ class MobileNetV2Classifier(nn.Module):
   alpha: float = 0.35
   dropout_rate: float = 0.2
   ops: str = "auto"  # cxr_jax.ops policy of every backbone layer.
+  bn_momentum: float = mobilenet_v2.BN_MOMENTUM
   weights: str = "imagenet"  # "imagenet" (Keras's file, found by name), a .h5 path, or "none".
   weights_size: int = 224  # Which Keras file (they exist for 96..224) when searched by name.
   dtype: Any = jnp.float32  # Backbone compute dtype (bfloat16 on accelerators); params stay fp32.
@@ -36,6 +37,7 @@ class MobileNetV2Classifier(nn.Module):
                    else nn.initializers.zeros)
     self.backbone = mobilenet_v2.MobileNetV2(alpha=self.alpha, include_top=False,
                                              pooling="avg", ops=self.ops,
+                                             bn_momentum=self.bn_momentum,
                                              kernel_init=kernel_init, dtype=self.dtype)
     self.dropout = nn.Dropout(self.dropout_rate)
     self.head = nn.Dense(1)

@@ -162,6 +162,7 @@ class MobileNetV2(nn.Module):
   classes: int = 1000
   pooling: str | None = None
   ops: str = "auto"  # The cxr_jax.ops policy of every layer.
+  bn_momentum: float = BN_MOMENTUM
   dtype: Any = jnp.float32
   # Keras's glorot_uniform. A caller that overwrites every weight from a file can pass
   # zeros: random initialisers cost ~0.6 s of XLA compile per shape on 2 CPU cores.
@@ -173,7 +174,7 @@ class MobileNetV2(nn.Module):
     return "xla" if self.is_initializing() else self.ops
 
   def _bn(self, name: str, train: bool, relu6: bool = True):
-    return BatchNormAct(use_running_average=not train, momentum=BN_MOMENTUM,
+    return BatchNormAct(use_running_average=not train, momentum=self.bn_momentum,
                         epsilon=BN_EPSILON, relu6=relu6, impl=self._impl(), dtype=self.dtype,
                         name=name)
 

@@ -97,12 +97,10 @@ class DataCache:
     return self._cache[key]
 
   def folder(self, folder: str, data_config) -> data_lib.DecodedSet:
-    key = ("folder", os.path.abspath(folder), int(data_config.image_size),
-           int(data_config.channels))
+    prep = data_lib.Preprocess.from_config(data_config)
+    key = ("folder", os.path.abspath(folder), prep)
     if key not in self._cache:
-      self._cache[key] = data_lib.load_folder(folder, data_config.image_size,
-                                              data_config.channels, self.max_per_class,
-                                              data_config.get("min_image_side", 1))
+      self._cache[key] = data_lib.load_folder(folder, prep, self.max_per_class)
     return self._cache[key]
 
 

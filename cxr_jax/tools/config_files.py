@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 
@@ -18,3 +19,21 @@ def load(spec: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(variant) if variant else module.get_config()
+
+
+def override(config: ml_collections.ConfigDict, assignment: str) -> None:
+  """Applies "dotted.key=value" (a Python literal, else a string) to an existing key."""
+  key, sep, text = assignment.partition("=")
+  if not sep:
+    raise ValueError(f"Expected key=value, got {assignment!r}.")
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  *parents, leaf = key.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  if leaf not in node:
+    raise ValueError(f"config.{key} does not exist (from {assignment!r}).")
+  node[leaf] = value

@@ -13,7 +13,7 @@ from tests.conftest import write_image
 def test_decodes_every_kind_to_the_requested_shape(tmp_path, mode, ext, channels):
   path = tmp_path / f"img.{ext}"
   write_image(path, seed=0, size=(37, 91), mode=mode)
-  arr = decode.decode_file(str(path), (32, 48), channels)
+  arr = decode.convert_and_resize(decode.open_file(str(path)), (32, 48), channels)
   assert arr.shape == (32, 48, channels) and arr.dtype == np.uint8
   assert arr.std() > 0  # Not a blank image.
 
@@ -21,13 +21,13 @@ def test_decodes_every_kind_to_the_requested_shape(tmp_path, mode, ext, channels
 def test_16bit_png_is_windowed_to_its_own_range(tmp_path):
   data = np.linspace(100, 1123, 64 * 64).reshape(64, 64).astype(np.uint16)  # 10-bit data
   Image.fromarray(data).save(tmp_path / "x.png")
-  arr = decode.decode_file(str(tmp_path / "x.png"), (64, 64), 1)
+  arr = decode.decode_file(str(tmp_path / "x.png"), decode.Preprocess(64, 1))
   assert arr.min() == 0 and arr.max() == 255
 
 
 def test_gray_to_rgb_replicates_the_channel(tmp_path):
   write_image(tmp_path / "g.png", seed=1, mode="L")
-  rgb = decode.decode_file(str(tmp_path / "g.png"), (20, 20), 3)
+  rgb = decode.decode_file(str(tmp_path / "g.png"), decode.Preprocess(20, 3))
   assert np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])
 
 
@@ -37,7 +37,7 @@ def test_full_resolution_sample_files(fullres_dir):
   modes = set()
   for path in files:
     modes.add(Image.open(path).mode)
-    arr = decode.decode_file(str(path), (64, 64), 3)
+    arr = decode.decode_file(str(path), decode.Preprocess(64, 3))
     assert arr.shape == (64, 64, 3) and arr.std() > 0, path
   assert {"L", "RGB"} <= modes
 

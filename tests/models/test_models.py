@@ -7,6 +7,7 @@ import pytest
 from configs import cnn_baseline, cnn_v2, cnn_v3
 from cxr_jax import models
 from cxr_jax import train
+from cxr_jax import train_step as steps
 
 
 @pytest.mark.parametrize("config_module", [cnn_baseline, cnn_v2, cnn_v3])
@@ -34,11 +35,9 @@ def test_train_step_lowers_the_loss_on_a_tiny_batch():
   batch["image"][batch["label"] == 1] //= 2  # A learnable difference.
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))
   phase = train.get_phases(config)[0]
-  tx = train.make_optimizer(config, phase, variables["params"], model, steps_per_epoch=20)
-  state = train.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                                  batch_stats=variables["batch_stats"])
-  step = jax.jit(train.make_train_step(model, config.augment, np.ones(2, np.float32), True),
-                 donate_argnums=(0,))
+  hparams = steps.phase_hparams(config, phase, 20, np.ones(2, np.float32))
+  state = steps.create_state(model, variables, hparams)
+  step = jax.jit(steps.make_train_step(model), donate_argnums=(0,))
   losses = []
   for _ in range(20):
     state, metrics = step(state, batch, jax.random.PRNGKey(1))
@@ -48,10 +47,10 @@ def test_train_step_lowers_the_loss_on_a_tiny_batch():
 
 
 def test_class_weights_balance_the_classes():
-  w = train.class_weights(np.array([0] * 10 + [1] * 30), "balanced")
+  w = steps.class_weights(np.array([0] * 10 + [1] * 30), "balanced")
   np.testing.assert_allclose(w, [2.0, 2 / 3])
   with pytest.raises(ValueError, match="class_weight"):
-    train.class_weights(np.array([0, 1]), "inverse")
+    steps.class_weights(np.array([0, 1]), "inverse")
 
 
 def test_mobilenet_head_phase_trains_only_the_head():
@@ -62,7 +61,7 @@ def test_mobilenet_head_phase_trains_only_the_head():
   head, fine_tune = [train.get_phases(config)[i] for i in (0, 1)]
   trained = lambda phase: {"/".join(getattr(k, "key", str(k)) for k in path)
                            for path, m in jax.tree_util.tree_leaves_with_path(
-                               train.trainable_mask(params, phase, model)) if m}
+                               steps.trainable_mask(params, phase, model)) if m}
   assert trained(head) == {"head/kernel", "head/bias"}
   tuned = trained(fine_tune)
   assert "backbone/Conv_1/kernel" in tuned and "backbone/block_16_project/kernel" in tuned
