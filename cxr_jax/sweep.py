@@ -13,6 +13,7 @@ initialisation of new layers, the batch order, augmentation and dropout.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import time
@@ -53,20 +54,36 @@ def _flat_metrics(scores: dict) -> dict:
   return {k: v for k, v in scores.items() if k.startswith("at_")}
 
 
-def score_run(workdir: str, data_config, test: bool, cache: dict) -> dict:
+def _data_key(data_config) -> str:
+  """What decides the decoded images of a split: every data setting but the source."""
+  return json.dumps({k: v for k, v in data_config.to_dict().items() if k != "source"},
+                    sort_keys=True)
+
+
+def load_split(cache: dict, data_config, split: str):
+  """data.load with the sweep's cache: each data config is decoded once."""
+  key = (_data_key(data_config), split)
+  if key not in cache:
+    if split in ("train", "validation"):
+      train, val = data_lib.load_train_val(data_config)
+      cache[(key[0], "train")], cache[(key[0], "validation")] = train, val
+    else:
+      cache[key] = data_lib.load(data_config, split)
+  return cache[key]
+
+
+def score_run(workdir: str, test: bool, cache: dict) -> dict:
   """Validation (and test) metrics of a trained workdir at its operating points."""
   predictor = predictor_lib.load_predictor(workdir)
   out = {"workdir": workdir, "seed": int(predictor.config.seed),
          "summary": workdir_lib.read_json(workdir_lib.path(workdir, workdir_lib.SUMMARY_FILE))}
   splits = ("validation", "test") if test else ("validation",)
   for split in splits:
-    key = (split, predictor.preprocess, data_config.data_dir)
-    if key not in cache:
-      cache[key] = data_lib.load(predictor.config.data, split)
-    result = evaluate.evaluate_set(predictor, cache[key], split)
+    data = load_split(cache, predictor.config.data, split)
+    result = evaluate.evaluate_set(predictor, data, split)
     val_loss = None
     if split == "validation":
-      val_loss = float(np.mean(_log_losses(cache[key].labels, result["predictions"])))
+      val_loss = float(np.mean(_log_losses(data.labels, result["predictions"])))
     out[split] = {**_flat_metrics(result), "n": result["n"],
                   **({"loss": val_loss} if val_loss is not None else {}),
                   "predictions": result["predictions"]}
@@ -152,8 +169,10 @@ def run_sweep(configs: Mapping[str, object], seeds: Sequence[int], root: str,
     workdir = seed_workdir(root, recipe, seed)
     start = time.time()
     if not workdir_lib.is_trained(workdir):
-      train_fn(with_seed(config, seed), workdir)
-    run = score_run(workdir, config.data, test, cache)
+      datasets = (load_split(cache, config.data, "train"),
+                  load_split(cache, config.data, "validation"))
+      train_fn(with_seed(config, seed), workdir, datasets=datasets)
+    run = score_run(workdir, test, cache)
     run.update(recipe=recipe, seconds=time.time() - start)
     workdir_lib.write_json(os.path.join(workdir, RUN_FILE), run)
     entry = results.setdefault(recipe, {"runs": []})

@@ -454,15 +454,16 @@ def prepare_workdir(config, workdir: str, allow_config_change: bool) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       allow_config_change: bool = False) -> dict:
+                       allow_config_change: bool = False, datasets=None) -> dict:
   """Trains config.model on the patient-grouped train split, selects on validation.
 
+  datasets: (train, validation) already decoded for config.data (a sweep decodes once).
   Returns a summary dict (also written to workdir/train_summary.json).
   """
   prepare_workdir(config, workdir, allow_config_change)
   if not models.is_flax(config.model.name):
-    return train_sklearn(config, workdir)
-  train_data, val_data = data_lib.load_train_val(config.data)
+    return train_sklearn(config, workdir, datasets)
+  train_data, val_data = datasets or data_lib.load_train_val(config.data)
   if len(train_data) < config.batch_size:
     raise ValueError(f"Training set has {len(train_data)} images, fewer than "
                      f"config.batch_size={config.batch_size}.")
@@ -493,9 +494,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   return _finish(run)
 
 
-def train_sklearn(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_sklearn(config: ml_collections.ConfigDict, workdir: str, datasets=None) -> dict:
   """Fits a scikit-learn model kind (PCA + logistic regression): C chosen by validation F1."""
-  train_data, val_data = data_lib.load_train_val(config.data)
+  train_data, val_data = datasets or data_lib.load_train_val(config.data)
   x_train, x_val = pca_logreg.flatten(train_data.images), pca_logreg.flatten(val_data.images)
   n_components = pca_logreg.n_components(config.model, *x_train.shape)
   start = time.time()
