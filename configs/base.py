@@ -68,6 +68,18 @@ def get_config():
   config.mixup_prob = 0.0  # Fraction of training images mixed with another (mixup).
   config.mixup_alpha = 0.4  # Beta(alpha, alpha) mixing weights.
   config.ema_decay = 0.0  # > 0: validation, selection and the saved model use the EMA weights.
+  # The default decision threshold (README: "How the default recipe was chosen"): "0.5"
+  # (prior-neutral under the balanced loss), or a rule fitted on validation: "val_f1",
+  # "youden", "f1_plateau", "sensitivity_0.95". Every one is reported by evaluate.
+  config.operating_point = "0.5"
+  # Out-of-distribution score (cxr_jax/evaluation/ood.py): the detector fitted on the
+  # training split's features; images scoring above the `accept` quantile of validation
+  # are flagged.
+  config.ood = ml_collections.ConfigDict()
+  config.ood.kind = "mahalanobis"  # Or "knn".
+  config.ood.accept = 0.99
+  config.ood.dims = 256  # Principal directions modelled (the rest as isotropic noise).
+  config.ood.k = 10  # Neighbour of the knn detector.
   config.log_every_steps = 50
   return config
 

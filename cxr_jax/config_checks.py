@@ -18,7 +18,8 @@ from cxr_jax.data import augment
 SELECTION_METRICS = ("loss", "auc", "f1")
 CLASS_WEIGHTS = ("balanced", "none")
 SOURCES = ("tfds", "folder")
-MIN_IMAGE_SIZE = 32  # Five 2x2 poolings (cnn_v3) and MobileNetV2 (as Keras) need 32 px.
+MIN_IMAGE_SIZE = 32
+OPERATING_POINTS = ("0.5", "val_f1", "youden", "f1_plateau")  # Five 2x2 poolings (cnn_v3) and MobileNetV2 (as Keras) need 32 px.
 
 
 class ConfigError(ValueError):
@@ -151,6 +152,18 @@ def _check_training(config) -> None:
     _check_phase(config, i, phase, config.model.name)
 
 
+def _check_evaluation(config) -> None:
+  if "operating_point" in config:
+    point = config.operating_point
+    if point not in OPERATING_POINTS and not str(point).startswith("sensitivity_"):
+      _fail("operating_point", point, f"one of {OPERATING_POINTS} or 'sensitivity_<target>'")
+  if "ood" in config:
+    _one_of(config, "ood.kind", ("mahalanobis", "knn"))
+    _number_in(config, "ood.accept", 0.5, 1.0, low_open=True)
+    _int_at_least(config, "ood.dims", 1)
+    _int_at_least(config, "ood.k", 1)
+
+
 def _check_model(config) -> None:
   name = config.model.name
   if name not in models.names():
@@ -174,6 +187,7 @@ def check(config, for_training: bool = True) -> None:
   """Raises ConfigError naming the first key whose value is not accepted."""
   _check_model(config)
   _check_data(config, for_training)
+  _check_evaluation(config)
   if models.is_flax(config.model.name):
     _check_augment(config)
     _check_training(config)

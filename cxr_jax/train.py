@@ -178,14 +178,18 @@ class Progress:
   epoch: int = 0  # Epochs completed within `phase`.
   global_epoch: int = 0
   stopped_early: bool = False  # Early stopping ended `phase`.
-  best_value: float | None = None
+  best_value: float | None = None  # Over every phase: picks the saved model.
   best_global_epoch: int = -1
+  # Early stopping judges a phase by its own best: a fine-tuning phase starts below the
+  # head it continues (BatchNorm switches to batch statistics) and needs epochs to pass it.
+  phase_best_value: float | None = None
   epochs_without_improvement: int = 0
   train_seconds: float = 0.0
   history: list = dataclasses.field(default_factory=list)
 
   def start_phase(self, index: int) -> None:
     self.phase, self.epoch, self.stopped_early, self.epochs_without_improvement = index, 0, False, 0
+    self.phase_best_value = None
 
   def phase_done(self, phase) -> bool:
     """Whether `phase` (the running one) has ended: early stopping or its last epoch."""
@@ -295,10 +299,14 @@ def _end_epoch(run: Run, phase, state, predict_fn, val_data, train_metrics: dict
 
   metric = config.get("selection_metric", "f1")
   value = selection_value(metric, val_metrics)
+  if progress.phase_best_value is None or value > progress.phase_best_value:
+    progress.phase_best_value = value
+    progress.epochs_without_improvement = 0
+  else:
+    progress.epochs_without_improvement += 1
   improved = progress.best_value is None or value > progress.best_value
   if improved:
     progress.best_value, progress.best_global_epoch = value, progress.global_epoch
-    progress.epochs_without_improvement = 0
     threshold = metrics_lib.f1_optimal_threshold(run.val_data.labels, val_probs)
     run.best_variables = sharding.to_host(variables)
     run.best_record = {
@@ -306,8 +314,6 @@ def _end_epoch(run: Run, phase, state, predict_fn, val_data, train_metrics: dict
         "selection_metric": metric, "val_metrics": val_metrics, "threshold": threshold,
         "val_f1_at_threshold": metrics_lib.binary_metrics(run.val_data.labels, val_probs,
                                                           threshold)["f1"]}
-  else:
-    progress.epochs_without_improvement += 1
   stop = progress.epochs_without_improvement >= config.early_stopping_patience
   progress.stopped_early = stop and progress.epoch < phase.num_epochs
   faults.point("before_checkpoint")
@@ -324,9 +330,9 @@ def _end_epoch(run: Run, phase, state, predict_fn, val_data, train_metrics: dict
                val_metrics["accuracy"], val_metrics["roc_auc"] or float("nan"),
                f" (best by validation {metric})" if improved else "", seconds)
   if progress.stopped_early:
-    logging.info("Early stopping: validation %s has not improved for %d epochs (best at "
-                 "epoch %d).", metric, progress.epochs_without_improvement,
-                 progress.best_global_epoch)
+    logging.info("Early stopping: validation %s has not improved on this phase's best for %d "
+                 "epochs (best overall at epoch %d).", metric,
+                 progress.epochs_without_improvement, progress.best_global_epoch)
 
 
 # ---------------------------------------------------------------------------
@@ -431,9 +437,12 @@ def _summary(run: Run) -> dict:
 
 def _finish(run: Run) -> dict:
   summary = _summary(run)
+  # Again: a stop between the last resume point and its history write loses nothing.
+  workdir_lib.write_json(workdir_lib.path(run.workdir, workdir_lib.HISTORY_FILE),
+                         run.progress.history)
   # Fitted on validation once, beside the model: predict and evaluate reuse it.
   predictor = predictor_lib.load_predictor(run.workdir)
-  fit.load_or_fit(predictor, validation=run.val_data)
+  fit.load_or_fit(predictor, validation=run.val_data, train=run.train_data)
   workdir_lib.write_json(workdir_lib.path(run.workdir, workdir_lib.SUMMARY_FILE), summary)
   record = run.best_record
   logging.info("Done. Best epoch %d by validation %s: validation loss %.4f, F1 %.4f "
@@ -522,7 +531,7 @@ def train_sklearn(config: ml_collections.ConfigDict, workdir: str, datasets=None
   summary = {"model": config.model.name, "name": config.get("name", ""), "params": params,
              "best_epoch": None, "val": val, "val_threshold": threshold,
              "train_seconds": round(seconds, 1), "skipped_files": train_data.skipped, "C": c}
-  fit.load_or_fit(predictor_lib.load_predictor(workdir), validation=val_data)
+  fit.load_or_fit(predictor_lib.load_predictor(workdir), validation=val_data, train=train_data)
   workdir_lib.write_json(workdir_lib.path(workdir, workdir_lib.SUMMARY_FILE), summary)
   logging.info("Done. C=%g: validation F1 %.4f (threshold 0.5); PCA keeps %.1f%% of the "
                "variance; %s parameters; %.1fs.", c, val["f1"], 100 * explained,

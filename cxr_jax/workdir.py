@@ -94,8 +94,10 @@ def status(workdir: str) -> tuple[bool, str]:
   if not os.path.exists(path(workdir, CONFIG_FILE)):
     return False, "no config.json"
   config = load_config(workdir)
-  has_model = (checkpoints.has_best(workdir) if models.is_flax(config.model.name)
-               else pca_logreg.is_saved(workdir))
+  kind = models.get(config.model.name).framework
+  has_model = (checkpoints.has_best(workdir) if kind == models.FLAX
+               else pca_logreg.is_saved(workdir) if kind == models.SKLEARN
+               else os.path.exists(path(workdir, "ensemble.json")))
   if not has_model:
     return False, "no trained model in the workdir"
   if not os.path.exists(path(workdir, SUMMARY_FILE)):

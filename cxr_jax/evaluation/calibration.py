@@ -116,6 +116,31 @@ def threshold_for_sensitivity(labels, probs, target: float = 0.95) -> float:
   return float(thresholds[i])
 
 
+def youden_threshold(labels, probs) -> float:
+  """The threshold maximising sensitivity + specificity - 1 (Youden's J) on these labels."""
+  labels, probs = _check(labels, probs)
+  fpr, tpr, thresholds = skm.roc_curve(labels, probs, pos_label=1)
+  return float(np.clip(thresholds[int(np.argmax(tpr - fpr))], 0.0, 1.0))
+
+
+def f1_plateau_threshold(labels, probs, tolerance: float = 0.005) -> float:
+  """The middle (in logit space) of the thresholds whose F1 is within `tolerance` of the best.
+
+  On a nearly separable split the F1-optimal threshold is one point of a wide plateau;
+  its middle is less sensitive to which single validation image sits where.
+  """
+  labels, probs = _check(labels, probs)
+  precision, recall, thresholds = skm.precision_recall_curve(labels, probs, pos_label=1)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+  f1 = f1[:-1]  # The last (precision, recall) pair has no threshold.
+  if not len(thresholds):
+    return 0.5
+  good = thresholds[f1 >= f1.max() - tolerance]
+  lo, hi = probs_to_logits([good.min(), good.max()])
+  return float(special.expit((lo + hi) / 2))
+
+
 def _uniform_bin_ids(probs: np.ndarray, n_bins: int) -> np.ndarray:
   # Exactly the binning of sklearn.calibration.calibration_curve(strategy="uniform"),
   # so ECE and the plotted reliability curve agree.

@@ -1,53 +1,111 @@
 """Evaluation of a trained workdir on a labelled folder or set (the `evaluate` command's library).
 
-Restores the selected checkpoint (rebuilding model and preprocessing from the config
-saved in the workdir), predicts every image (padded, masked last batch) and scores
-it at the threshold chosen on validation and at 0.5. Nothing is fitted on the
-evaluated images.
+Restores the selected model (rebuilding model and preprocessing from the config saved
+in the workdir), predicts every image (padded, masked last batch) and scores it at
+every operating point fitted on validation (and 0.5), on all images and on the ones
+the out-of-distribution detector accepts, with risk-coverage curves. Nothing is
+fitted on the evaluated images.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from cxr_jax import data as data_lib
+from cxr_jax.evaluation import adaptation
 from cxr_jax.evaluation import fit
 from cxr_jax.evaluation import metrics as metrics_lib
 from cxr_jax.evaluation import predictor as predictor_lib
 from cxr_jax.evaluation import scoring
+from cxr_jax.evaluation import selective
+
+
+def point_key(name: str) -> str:
+  """The result key of an operating point named as in calibration.json ("val_f1" -> ...)."""
+  return f"at_{scoring.VALIDATION_THRESHOLD}" if name == "val_f1" else f"at_{name}"
 
 
 def operating_points(predictor, cal: dict | None = None) -> dict[str, float]:
-  """{name: threshold}: the validation-F1 threshold, 0.5, and the calibration's targets."""
+  """{name: threshold}: the validation-F1 threshold first, then 0.5 and every fitted rule."""
   points = {scoring.VALIDATION_THRESHOLD: predictor.threshold, "0.5": 0.5}
+  for key, threshold in ((cal or {}).get("operating_points") or {}).items():
+    if key not in ("val_f1", "0.5"):
+      points[key] = float(threshold)
   for key, threshold in ((cal or {}).get("sensitivity_thresholds") or {}).items():
-    points[f"sensitivity_{key}"] = float(threshold)
+    points.setdefault(f"sensitivity_{key}", float(threshold))
   return points
 
 
+def _ood_summary(fitted, scores: np.ndarray) -> dict:
+  flagged = ~fitted.detector.in_distribution(scores)
+  return {"kind": fitted.detector.kind, "threshold": fitted.detector.threshold,
+          "accept": fitted.detector.accept, "n_flagged": int(flagged.sum()),
+          "fraction_flagged": float(flagged.mean()) if len(flagged) else 0.0,
+          "score_quantiles": {str(q): float(np.quantile(scores, q))
+                              for q in (0.05, 0.25, 0.5, 0.75, 0.95)} if len(scores) else {}}
+
+
+def _accepted_scores(labels, probs, accepted, points, temperature) -> dict | None:
+  if accepted.sum() == 0:
+    return None
+  return scoring.score_set(labels[accepted], probs[accepted], points, temperature)
+
+
+def adapted_scores(predictor, data: data_lib.DecodedSet, method: str, temperature: float
+                   ) -> dict:
+  """Label-free adaptation to the set (its images only), then its metrics at 0.5."""
+  adapted = adaptation.adapt(predictor, data.images, method, temperature)
+  return {"method": method, "estimated_prior": adapted["prior"],
+          "source_prior": adapted["source_prior"], "adabn_applied": adapted["adabn"],
+          **scoring.score_set(data.labels, adapted["probs"], {"0.5": 0.5})}
+
+
 def evaluate_set(predictor, data: data_lib.DecodedSet, description: str,
-                 cal: dict | None = None, n_boot: int = 0) -> dict:
-  """Metrics of `predictor` on a labelled DecodedSet, with every prediction."""
-  probs = predictor.probs(data.images)
-  scores = scoring.score_set(data.labels, probs, operating_points(predictor, cal),
-                             cal["temperature"] if cal else None, n_boot)
-  return {
+                 fitted: fit.Fitted | None = None, n_boot: int = 0, adapt: str = "none"
+                 ) -> dict:
+  """Metrics of `predictor` on a labelled DecodedSet, with every prediction.
+
+  adapt: a label-free adaptation (adaptation.METHODS) also reported, under "adapted".
+  """
+  out = predictor.predict(data.images)
+  probs = out.probs
+  cal = fitted.calibration if fitted else None
+  points = operating_points(predictor, cal)
+  temperature = cal["temperature"] if cal else None
+  result = {
       "workdir": predictor.workdir,
       "model": predictor.model_name,
       "data_dir": description,
-      **scores,
+      **scoring.score_set(data.labels, probs, points, temperature, n_boot),
       "skipped_files": data.skipped,
       "n_skipped": len(data.skipped),
       "predictions": scoring.predictions(data.paths, data.labels, probs),
   }
+  if fitted is not None:
+    name, threshold = fit.operating_point(cal, predictor.config)
+    scores = fitted.detector.score(out.features)
+    accepted = fitted.detector.in_distribution(scores)
+    result["default_operating_point"] = name
+    result["ood"] = _ood_summary(fitted, scores)
+    result["accepted"] = _accepted_scores(data.labels, probs, accepted, points, temperature)
+    result["risk_coverage"] = selective.curves(data.labels, probs, threshold, scores)
+    for row, score, ok in zip(result["predictions"], scores, accepted):
+      row.update(ood_score=float(score), in_distribution=bool(ok))
+  if adapt != "none":
+    result["adapted"] = adapted_scores(predictor, data, adapt, temperature or 1.0)
+  return result
 
 
 def evaluate_folder(workdir: str, data_dir: str, batch_size: int | None = None,
-                    max_per_class: int = 0, calibrate: bool = True) -> dict:
+                    max_per_class: int = 0, calibrate: bool = True, tta: bool = False,
+                    adapt: str = "none") -> dict:
   """Metrics of the workdir's model on `data_dir` (a NORMAL/ + PNEUMONIA/ folder)."""
-  predictor = predictor_lib.load_predictor(workdir, batch_size)
-  data = data_lib.load_folder(data_dir, predictor.preprocess,
-                              max_per_class)
-  cal = fit.load_or_fit(predictor)[0] if calibrate else None
-  return evaluate_set(predictor, data, data_dir, cal)
+  predictor = predictor_lib.load_predictor(workdir, batch_size, tta=tta)
+  data = data_lib.load_folder(data_dir, predictor.preprocess, max_per_class)
+  fitted = fit.load_or_fit(predictor) if calibrate else None
+  result = evaluate_set(predictor, data, data_dir, fitted, adapt=adapt)
+  result["tta"] = tta
+  return result
 
 
 def format_result(result: dict) -> str:
@@ -62,4 +120,27 @@ def format_result(result: dict) -> str:
   if result.get("ece") is not None:
     lines.append(f"ECE {result['ece']:.4f} (after temperature scaling "
                  f"{result['ece_calibrated']:.4f})")
+  if result.get("ood"):
+    o, rc = result["ood"], result["risk_coverage"]
+    lines.append(f"Out of distribution ({o['kind']}, threshold {o['threshold']:.4g}): "
+                 f"{o['n_flagged']}/{result['n']} flagged ({o['fraction_flagged']:.1%}).")
+    accepted = result.get("accepted")
+    if accepted:
+      m = accepted[f"at_{result['default_operating_point']}"]
+      lines.append(f"On the {accepted['n']} accepted images at the default operating point "
+                   f"({result['default_operating_point']}): accuracy {m['accuracy']:.4f}, "
+                   f"F1 {m['f1']:.4f}, ROC AUC "
+                   f"{m['roc_auc'] if m['roc_auc'] is None else round(m['roc_auc'], 4)}.")
+    lines.append(f"Risk-coverage AURC (lower is better): by confidence "
+                 f"{rc['by_confidence']['aurc']:.4f}, by OOD score "
+                 f"{rc['by_ood_score']['aurc']:.4f}.")
+  if result.get("adapted"):
+    a = result["adapted"]
+    m = a["at_0.5"]
+    prior = "" if a["estimated_prior"] is None else f", estimated pneumonia rate {a['estimated_prior']:.3f}"
+    lines.append(f"Label-free adaptation ({a['method']}{prior}; AdaBN "
+                 f"{'applied' if a['adabn_applied'] else 'not applied'}), reported apart: "
+                 f"accuracy {m['accuracy']:.4f}, F1 {m['f1']:.4f}, sensitivity {m['recall']:.4f}, "
+                 f"specificity {m['specificity']:.4f}, ROC AUC {m['roc_auc'] or float('nan'):.4f} "
+                 "at 0.5.")
   return "\n".join(lines)

@@ -367,3 +367,49 @@ def gradcam_grid(items: Sequence[Mapping], path: str, ncols: int = 4, alpha: flo
   fig.colorbar(scale, ax=axes.tolist(), shrink=0.8, label="Grad-CAM (normalised)")
   fig.suptitle(title)
   return _save(fig, path)
+
+
+def ood_distributions(scores: Mapping[str, Sequence[float]], threshold: float, path: str,
+                      title: str = "Out-of-distribution scores") -> str:
+  """Empirical distribution (1 - CDF, log x) of the OOD score of each set, threshold marked.
+
+  scores: {set name: scores}; a curve far right of "train" and "validation" is a set
+  unlike the training data.
+  """
+  _nonempty(scores, "score sets")
+  fig = _figure(7, 4.5)
+  ax = fig.subplots()
+  for name, values in scores.items():
+    values = np.sort(np.asarray(values, np.float64))
+    if not len(values):
+      continue
+    survival = 1.0 - np.arange(len(values)) / len(values)
+    ax.step(np.maximum(values, 1e-6), survival, where="post", lw=1.6,
+            label=f"{name} (n={len(values)}, {np.mean(values > threshold):.1%} flagged)")
+  ax.axvline(threshold, color="k", ls="--", lw=1, label=f"acceptance threshold {threshold:.3g}")
+  ax.set(xscale="log", ylim=(0, 1.02), xlabel="OOD score (log scale)",
+         ylabel="Fraction of images scoring higher", title=title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8, loc="lower left")
+  return _save(fig, path)
+
+
+def risk_coverage(curves: Mapping[str, Mapping], path: str,
+                  title: str = "Risk-coverage") -> str:
+  """Error rate of the kept images against the fraction kept; AURC in the legend.
+
+  curves: {name: {"coverage", "risk", "aurc"}} (selective.risk_coverage results).
+  """
+  _nonempty(curves, "risk-coverage curves")
+  fig = _figure(6, 4.5)
+  ax = fig.subplots()
+  for name, c in curves.items():
+    if c.get("aurc") is None:
+      continue
+    ax.plot(c["coverage"], c["risk"], marker="o", ms=3, lw=1.5,
+            label=f"{name} (AURC {c['aurc']:.3f})")
+  ax.set(xlim=(0, 1), ylim=(0, None), xlabel="Coverage (fraction of images kept)",
+         ylabel="Risk (error rate among kept)", title=title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  return _save(fig, path)

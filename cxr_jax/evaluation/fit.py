@@ -1,15 +1,18 @@
-"""What is fitted after training, on the validation split only, and cached in the workdir.
+"""What is fitted after training, on the training and validation splits only, and cached.
 
-  cal = load_or_fit(predictor)   # temperature, ECE, operating-point thresholds
+  fitted = load_or_fit(predictor)   # .calibration (dict), .detector (ood.Detector)
 
 `workdir/calibration.json` holds the temperature (minimising the validation NLL),
-the validation-F1 threshold chosen when training, and the thresholds reaching given
-sensitivities on validation. It records what it was fitted from (`source`): a
-retrained model or another validation split refits it.
+the validation-F1 threshold chosen when training, the thresholds reaching given
+sensitivities on validation and the out-of-distribution detector's settings and
+acceptance threshold (a quantile of validation's scores); `workdir/ood.npz` holds the
+detector, fitted on the training split's features. Both record what they were fitted
+from (`source`): a retrained model, another split or other OOD settings refit them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -19,10 +22,12 @@ from cxr_jax import data as data_lib
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.data.splits import CLASS_NAMES
 from cxr_jax.evaluation import calibration
+from cxr_jax.evaluation import ood
 from cxr_jax.evaluation import scoring
 
 DEFAULT_TARGET_SENSITIVITY = 0.95
-VERSION = 1
+VERSION = 2  # Bumped when what is fitted changes: older caches are refitted.
+OOD_FILE = "ood.npz"
 
 
 def target_key(target: float) -> str:
@@ -41,11 +46,18 @@ def fit_calibration(labels, probs, val_f1_threshold: float,
   probs = np.asarray(probs, np.float64)
   temperature = calibration.fit_temperature(labels, calibration.probs_to_logits(probs))
   calibrated = scoring.calibrate_probs(probs, temperature)
+  sensitivity = {target_key(t): calibration.threshold_for_sensitivity(labels, probs, t)
+                 for t in targets}
   return {
       "temperature": temperature,
       "val_f1_threshold": float(val_f1_threshold),
-      "sensitivity_thresholds": {target_key(t): calibration.threshold_for_sensitivity(
-          labels, probs, t) for t in targets},
+      "sensitivity_thresholds": sensitivity,
+      # Every rule fitted on validation (or none, for 0.5); the config names the default.
+      "operating_points": {
+          "val_f1": float(val_f1_threshold), "0.5": 0.5,
+          "youden": calibration.youden_threshold(labels, probs),
+          "f1_plateau": calibration.f1_plateau_threshold(labels, probs),
+          **{f"sensitivity_{k}": v for k, v in sensitivity.items()}},
       "n_val": int(len(labels)),
       "val_counts": {n: int(np.sum(labels == i)) for i, n in enumerate(CLASS_NAMES)},
       "val_ece": calibration.expected_calibration_error(labels, probs),
@@ -57,9 +69,47 @@ def source(predictor) -> dict:
   """What the cached fit depends on: a retrained model or another split refits."""
   data = predictor.config.data
   return {"version": VERSION, "model": predictor.model_name, "threshold": predictor.threshold,
+          "ood": ood_settings(predictor.config),
           "best_epoch": predictor.meta.get("global_epoch"), "C": predictor.meta.get("C"),
           "data_dir": data.data_dir, "val_fraction": data.val_fraction,
           "split_seed": data.split_seed, "max_images_per_class": data.max_images_per_class}
+
+
+OPERATING_POINTS = ("0.5", "val_f1", "youden", "f1_plateau")
+
+
+def operating_point_name(config) -> str:
+  """config.operating_point; workdirs trained before it existed used the validation-F1 one."""
+  return str(config.get("operating_point", "val_f1"))
+
+
+def operating_point(cal: dict, config) -> tuple[str, float]:
+  """(name, threshold on the model's own probabilities) of the config's default rule."""
+  name = operating_point_name(config)
+  points = cal.get("operating_points") or {"val_f1": cal["val_f1_threshold"], "0.5": 0.5}
+  if name not in points:
+    raise ValueError(f"config.operating_point={name!r}: must be one of {sorted(points)}.")
+  return name, float(points[name])
+
+
+def ood_settings(config) -> dict:
+  """config.ood, with the defaults for workdirs trained before it existed."""
+  ood_config = config.get("ood") or {}
+  return {"kind": ood_config.get("kind", "mahalanobis"),
+          "accept": float(ood_config.get("accept", ood.DEFAULT_ACCEPT)),
+          "dims": int(ood_config.get("dims", ood.DEFAULT_DIMS)),
+          "k": int(ood_config.get("k", ood.DEFAULT_K))}
+
+
+@dataclasses.dataclass
+class Fitted:
+  """What was fitted after training: calibration.json's dict and the OOD detector."""
+  calibration: dict
+  detector: ood.Detector
+  reused: bool
+
+  def __iter__(self):  # (calibration, reused), as callers unpack it.
+    return iter((self.calibration, self.reused))
 
 
 def _read_cache(file_path: str) -> dict | None:
@@ -70,29 +120,66 @@ def _read_cache(file_path: str) -> dict | None:
     return None
 
 
-def load_or_fit(predictor, target: float | None = None, validation=None) -> tuple[dict, bool]:
-  """(calibration, reused): the workdir's calibration.json if it fits the model, else refit.
+def _load_detector(workdir: str, cal: dict) -> ood.Detector | None:
+  path = workdir_lib.path(workdir, OOD_FILE)
+  if "ood" not in cal or not os.path.exists(path):
+    return None
+  try:
+    detector = ood.Detector.load(path)
+  except (OSError, ValueError, KeyError) as e:
+    logging.warning("Ignoring unreadable %s (%s); refitting.", path, e)
+    return None
+  return detector if detector.threshold == cal["ood"]["threshold"] else None
 
-  Refitting decodes the validation split from the saved config (or takes `validation`,
-  a DecodedSet of it) and predicts it.
+
+def fit_detector(predictor, val_features, train=None) -> ood.Detector:
+  """The configured detector, fitted on the training split; threshold from validation."""
+  settings = ood_settings(predictor.config)
+  detector = predictor.own_detector()
+  if detector is None:
+    train = train if train is not None else data_lib.load(predictor.config.data, "train")
+    logging.info("Fitting the %s out-of-distribution detector on %d training images.",
+                 settings["kind"], len(train))
+    detector = ood.fit(settings["kind"], predictor.predict(train.images).features,
+                       train.labels, settings["dims"], settings["k"])
+  detector.set_threshold(detector.score(val_features), settings["accept"])
+  return detector
+
+
+def _save(workdir: str, cal: dict, detector: ood.Detector) -> None:
+  try:
+    detector.save(workdir_lib.path(workdir, OOD_FILE))
+    workdir_lib.write_json(workdir_lib.path(workdir, workdir_lib.CALIBRATION_FILE), cal)
+  except OSError as e:  # A read-only workdir still gets its predictions.
+    logging.warning("Could not cache the calibration in %s: %s", workdir, e)
+
+
+def load_or_fit(predictor, target: float | None = None, validation=None, train=None
+                ) -> Fitted:
+  """The workdir's calibration.json and ood.npz if they fit the model, else refitted.
+
+  Refitting decodes the validation split (and, for the detector, the training split)
+  from the saved config, or takes `validation` / `train` (DecodedSets of them).
   """
   file_path = workdir_lib.path(predictor.workdir, workdir_lib.CALIBRATION_FILE)
   cached = _read_cache(file_path) if os.path.exists(file_path) else None
   targets = {DEFAULT_TARGET_SENSITIVITY} | ({float(target)} if target is not None else set())
   if cached is not None and cached.get("source") == source(predictor) and all(
       target_key(t) in cached.get("sensitivity_thresholds", {}) for t in targets):
-    return cached, True
+    detector = _load_detector(predictor.workdir, cached)
+    if detector is not None:
+      return Fitted(cached, detector, True)
   if cached is not None:
     targets |= {float(t) for t in cached.get("sensitivity_thresholds", {})}
-  logging.info("Fitting temperature and operating points on the validation split of %s.",
-               predictor.workdir)
+  logging.info("Fitting temperature, operating points and the out-of-distribution threshold "
+               "on the validation split of %s.", predictor.workdir)
   val = validation if validation is not None else data_lib.load(predictor.config.data,
                                                                 "validation")
-  cal = fit_calibration(val.labels, predictor.probs(val.images), predictor.threshold,
-                        sorted(targets))
+  out = predictor.predict(val.images)
+  cal = fit_calibration(val.labels, out.probs, predictor.threshold, sorted(targets))
+  detector = fit_detector(predictor, out.features, train)
+  cal["ood"] = {**ood_settings(predictor.config), "kind": detector.kind,
+                "threshold": detector.threshold, "n_val": len(val)}
   cal["source"] = source(predictor)
-  try:
-    workdir_lib.write_json(file_path, cal)
-  except OSError as e:  # A read-only workdir still gets its predictions.
-    logging.warning("Could not cache the calibration in %s: %s", file_path, e)
-  return cal, False
+  _save(predictor.workdir, cal, detector)
+  return Fitted(cal, detector, False)

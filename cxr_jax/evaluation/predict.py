@@ -2,10 +2,12 @@
 
 Each file is decoded like the training images (`data.decode`, DICOM included) and
 scored by the workdir's model. The probability written is temperature-scaled; the
-temperature and the operating points are fitted on the workdir's validation split
-once and cached (`evaluation.fit`). The label uses the validation-F1 threshold, or
-with `target_sensitivity` the highest threshold reaching that sensitivity on
-validation. An unreadable file gets a row with the reason in `error`.
+temperature, the operating points and the out-of-distribution detector are fitted
+once (`evaluation.fit`) and cached. The label uses the config's operating point
+(config.operating_point), or with `target_sensitivity` the highest threshold reaching
+that sensitivity on validation. An image whose out-of-distribution score is above the
+acceptance threshold is labelled OUT_OF_DISTRIBUTION (its probability stays in its
+own column). An unreadable file gets a row with the reason in `error`.
 """
 
 from __future__ import annotations
@@ -20,19 +22,22 @@ import numpy as np
 from cxr_jax import data as data_lib
 from cxr_jax.data import decode
 from cxr_jax.data.splits import CLASS_NAMES
+from cxr_jax.evaluation import adaptation
 from cxr_jax.evaluation import figures
 from cxr_jax.evaluation import fit
 from cxr_jax.evaluation import predictor as predictor_lib
 from cxr_jax.evaluation import scoring
 
 CSV_COLUMNS = ("path", "probability", "label", "label_name", "threshold", "operating_point",
-               "raw_probability", "raw_threshold", "gradcam", "error")
+               "raw_probability", "raw_threshold", "ood_score", "in_distribution", "gradcam",
+               "error")
+OUT_OF_DISTRIBUTION = "OUT_OF_DISTRIBUTION"
 
 
-def operating_point(cal: dict, target_sensitivity: float | None) -> tuple[str, float]:
+def operating_point(cal: dict, config, target_sensitivity: float | None) -> tuple[str, float]:
   """(name, threshold on the model's own probabilities) of the labelling rule."""
   if target_sensitivity is None:
-    return "val_f1", float(cal["val_f1_threshold"])
+    return fit.operating_point(cal, config)
   key = fit.target_key(target_sensitivity)
   return f"sensitivity_{key}", float(cal["sensitivity_thresholds"][key])
 
@@ -42,7 +47,7 @@ def overlay_name(index: int, path: str) -> str:
   return f"{index:04d}_{stem or 'image'}.png"
 
 
-def write_overlays(predictor, images: np.ndarray, paths: list[str], probs, labels,
+def write_overlays(predictor, images: np.ndarray, paths: list[str], probs, names,
                    gradcam_dir: str, indices: list[int]) -> dict[int, str]:
   """One Grad-CAM overlay PNG per image, drawn over the file at its own aspect ratio."""
   cams = predictor.gradcam(images)
@@ -52,26 +57,30 @@ def write_overlays(predictor, images: np.ndarray, paths: list[str], probs, label
     display = decode.display_image(decode.open_file(path))
     out[index] = figures.gradcam_grid(
         [{"image": display, "heatmap": cams[k],
-          "title": f"{os.path.basename(path)}\np={probs[k]:.3f} -> {CLASS_NAMES[labels[k]]}"}],
+          "title": f"{os.path.basename(path)}\np={probs[k]:.3f} -> {names[k]}"}],
         os.path.join(gradcam_dir, overlay_name(index, path)), ncols=1,
         title=f"Grad-CAM, {predictor.model_name}")  # Short: one narrow panel.
   return out
 
 
-def _rows(files, position, errors, probs, raw, labels, threshold, raw_threshold, point,
-          overlays) -> list[dict]:
+def _rows(files, position, errors, scored: dict, overlays) -> list[dict]:
   rows = []
   for i, file_path in enumerate(files):
     if file_path in errors:
       rows.append({"path": file_path, "error": errors[file_path]})
       continue
     k = position[file_path]
+    accepted = bool(scored["accepted"][k])
+    label = int(scored["labels"][k])
     # 10 significant digits: label == (raw_probability >= raw_threshold) holds in the file.
-    rows.append({"path": file_path, "probability": f"{probs[k]:.10g}", "label": int(labels[k]),
-                 "label_name": CLASS_NAMES[labels[k]], "threshold": f"{threshold:.10g}",
-                 "operating_point": point, "raw_probability": f"{raw[k]:.10g}",
-                 "raw_threshold": f"{raw_threshold:.10g}", "gradcam": overlays.get(i, ""),
-                 "error": ""})
+    rows.append({"path": file_path, "probability": f"{scored['probs'][k]:.10g}",
+                 "label": label if accepted else "",
+                 "label_name": CLASS_NAMES[label] if accepted else OUT_OF_DISTRIBUTION,
+                 "threshold": f"{scored['threshold']:.10g}", "operating_point": scored["point"],
+                 "raw_probability": f"{scored['raw'][k]:.10g}",
+                 "raw_threshold": f"{scored['raw_threshold']:.10g}",
+                 "ood_score": f"{scored['ood_scores'][k]:.6g}", "in_distribution": int(accepted),
+                 "gradcam": overlays.get(i, ""), "error": ""})
   return rows
 
 
@@ -86,24 +95,22 @@ def write_csv(rows: list[dict], output: str) -> None:
 
 
 def predict_files(workdir: str, paths, output: str, gradcam_dir: str | None = None,
-                  target_sensitivity: float | None = None, batch_size: int | None = None
-                  ) -> dict:
-  """Scores `paths` (files/folders), writes the CSV and returns a summary dict."""
+                  target_sensitivity: float | None = None, batch_size: int | None = None,
+                  tta: bool = False, adapt: str = "none") -> dict:
+  """Scores `paths` (files/folders), writes the CSV and returns a summary dict.
+
+  adapt: label-free adaptation to these files (adaptation.METHODS); labels then at 0.5.
+  """
   start = time.time()
-  predictor = predictor_lib.load_predictor(workdir, batch_size)
-  cal, reused = fit.load_or_fit(predictor, target_sensitivity)
-  temperature = cal["temperature"]
-  point, raw_threshold = operating_point(cal, target_sensitivity)
-  threshold = float(scoring.calibrate_probs([raw_threshold], temperature)[0])
+  predictor = predictor_lib.load_predictor(workdir, batch_size, tta=tta)
+  fitted = fit.load_or_fit(predictor, target_sensitivity)
   files = data_lib.expand_paths(paths)
   if not files:
     raise ValueError(f"No image files found in {list(paths)}.")
   decoded = data_lib.load_files(files, predictor.preprocess)
   errors = {s["path"]: s["reason"] for s in decoded.skipped}
-  raw = (np.asarray(predictor.probs(decoded.images), np.float64) if len(decoded)
-         else np.zeros(0))
-  probs = scoring.calibrate_probs(raw, temperature) if len(raw) else raw
-  labels = (raw >= raw_threshold).astype(int)  # The model's own scale, as evaluate does.
+  scored = score_images(predictor, fitted, decoded.images, target_sensitivity, adapt)
+  probs, labels = scored["probs"], scored["labels"]
   position = {p: k for k, p in enumerate(decoded.paths)}
 
   overlays, gradcam_note = {}, None
@@ -115,26 +122,61 @@ def predict_files(workdir: str, paths, output: str, gradcam_dir: str | None = No
     for i, p in enumerate(files):
       first_index.setdefault(p, i)
     indices = [first_index[p] for p in decoded.paths]
-    overlays = write_overlays(predictor, decoded.images, decoded.paths, probs, labels,
+    names = [CLASS_NAMES[label] if ok else OUT_OF_DISTRIBUTION
+             for label, ok in zip(labels, scored["accepted"])]
+    overlays = write_overlays(predictor, decoded.images, decoded.paths, probs, names,
                               gradcam_dir, indices)
-  write_csv(_rows(files, position, errors, probs, raw, labels, threshold, raw_threshold, point,
-                  overlays), output)
+  write_csv(_rows(files, position, errors, scored, overlays), output)
+  accepted = scored["accepted"]
   return {
       "workdir": workdir, "model": predictor.model_name, "output": output,
       "n_files": len(files), "n_scored": len(decoded), "n_errors": len(errors),
       "errors": errors,
-      "n_pneumonia": int(labels.sum()), "n_normal": int(len(labels) - labels.sum()),
-      "operating_point": point, "threshold": threshold,
-      "raw_threshold": raw_threshold, "temperature": temperature,
-      "calibration_reused": reused, "n_overlays": len(overlays), "gradcam_note": gradcam_note,
-      "seconds": time.time() - start,
+      "n_pneumonia": int((labels * accepted).sum()),
+      "n_normal": int(((1 - labels) * accepted).sum()),
+      "n_out_of_distribution": int((~accepted).sum()),
+      "ood_kind": fitted.detector.kind, "ood_threshold": fitted.detector.threshold,
+      "operating_point": scored["point"], "threshold": scored["threshold"],
+      "raw_threshold": scored["raw_threshold"], "temperature": scored["temperature"],
+      "calibration_reused": fitted.reused, "n_overlays": len(overlays),
+      "gradcam_note": gradcam_note, "seconds": time.time() - start,
   }
+
+
+def score_images(predictor, fitted: fit.Fitted, images: np.ndarray,
+                 target_sensitivity: float | None = None, adapt: str = "none") -> dict:
+  """Calibrated probabilities, labels at the operating point and OOD scores of images."""
+  cal = fitted.calibration
+  temperature = cal["temperature"]
+  point, raw_threshold = operating_point(cal, predictor.config, target_sensitivity)
+  if len(images):
+    out = predictor.predict(images)
+    raw = np.asarray(out.probs, np.float64)
+    ood_scores = fitted.detector.score(out.features)
+  else:
+    raw, ood_scores = np.zeros(0), np.zeros(0)
+  scored = {"raw": raw, "probs": scoring.calibrate_probs(raw, temperature) if len(raw) else raw,
+            # The model's own scale, as evaluate does.
+            "labels": (raw >= raw_threshold).astype(int), "point": point,
+            "raw_threshold": raw_threshold, "temperature": temperature,
+            "threshold": float(scoring.calibrate_probs([raw_threshold], temperature)[0]),
+            "ood_scores": ood_scores, "accepted": fitted.detector.in_distribution(ood_scores)}
+  if adapt != "none" and len(images):
+    # The adapted posteriors are calibrated and re-weighted: the Bayes decision is at 0.5.
+    adapted = adaptation.adapt(predictor, images, adapt, temperature)
+    scored.update(probs=adapted["probs"], raw=adapted["probs"], labels=(
+        adapted["probs"] >= 0.5).astype(int), point=f"{adapt}_adapted_0.5", raw_threshold=0.5,
+                  threshold=0.5, estimated_prior=adapted["prior"])
+  return scored
 
 
 def format_summary(s: dict) -> str:
   lines = [
       f"{s['model']} ({s['workdir']}): {s['n_files']} files, {s['n_scored']} scored, "
       f"{s['n_errors']} unreadable.",
+      f"  {s['n_out_of_distribution']} of {s['n_scored']} flagged OUT_OF_DISTRIBUTION "
+      f"(unlike the training images: {s['ood_kind']} score above {s['ood_threshold']:.4g}; "
+      "no diagnosis is given for them).",
       f"  {s['n_pneumonia']} PNEUMONIA, {s['n_normal']} NORMAL at the {s['operating_point']} "
       f"operating point (calibrated threshold {s['threshold']:.4f}, model threshold "
       f"{s['raw_threshold']:.4f}; temperature {s['temperature']:.3f}, "

@@ -3,7 +3,8 @@
   predictor = load_predictor("workdirs/mobilenet_v2")
   out = predictor.predict(images)     # uint8 [N, H, W, C] at predictor.image_size
   out.probs                           # PNEUMONIA probabilities [N]
-  out.features                        # penultimate features [N, D] (None if the model has none)
+  out.features                        # [N, D]: what the out-of-distribution detector models
+                                      # (the last feature map pooled to a 2x2 grid; pixels for PCA)
   predictor.gradcam(images)           # heatmaps [N, H, W] in [0, 1], or None if unsupported
 
 `evaluate`, `predict`, the report and the out-of-distribution fit all score through
@@ -13,11 +14,14 @@ it, so a new model kind (an ensemble, say) is one new subclass.
 from __future__ import annotations
 
 import abc
+import os
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
+from scipy import ndimage
 
 from cxr_jax import checkpoints
 from cxr_jax import data as data_lib
@@ -25,11 +29,14 @@ from cxr_jax import models
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.data import augment
 from cxr_jax.data import batches
+from cxr_jax.data import decode
 from cxr_jax.evaluation import gradcam as gradcam_lib
 from cxr_jax.evaluation import inference
+from cxr_jax.evaluation import ood
 from cxr_jax.models import pca_logreg
 
 GRADCAM_BATCH = 8  # Fixed batch: Grad-CAM compiles once per input shape.
+ENSEMBLE_FILE = "ensemble.json"  # The members of an ensemble workdir (evaluation/ensemble.py).
 
 
 class Output(NamedTuple):
@@ -81,6 +88,10 @@ class Predictor(abc.ABC):
   def probs(self, images: np.ndarray) -> np.ndarray:
     return self.predict(images).probs
 
+  def own_detector(self):
+    """An out-of-distribution detector that needs no fitting (the model's own), or None."""
+    return None
+
   @property
   def supports_gradcam(self) -> bool:
     return False
@@ -119,7 +130,7 @@ class FlaxPredictor(Predictor):
 
 
 class SklearnPredictor(Predictor):
-  """A fitted scikit-learn pipeline (PCA + logistic regression); features = PCA scores."""
+  """A fitted scikit-learn pipeline (PCA + logistic regression); features = its pixels."""
 
   def __init__(self, workdir: str, config, pipeline, meta: dict):
     super().__init__(workdir, config, meta)
@@ -128,7 +139,100 @@ class SklearnPredictor(Predictor):
   def predict(self, images: np.ndarray) -> Output:
     self.check_images(images)
     x = pca_logreg.flatten(images)
-    return Output(self.pipeline.predict_proba(x)[:, 1], self.pipeline[0].transform(x))
+    return Output(self.pipeline.predict_proba(x)[:, 1], x)
+
+  def own_detector(self):
+    return ood.pca_reconstruction(self.pipeline[0])
+
+
+# Test-time views (dy, dx as fractions of the side, zoom): small shifts and scales of the
+# kind the training augmentation drew; never a left-right flip of a chest X-ray.
+TTA_VIEWS = ((0.0, 0.0, 1.0), (0.0, -0.04, 1.0), (0.0, 0.04, 1.0), (-0.04, 0.0, 1.0),
+             (0.0, 0.0, 1.06), (0.0, 0.0, 0.94))
+
+
+def view(images: np.ndarray, dy: float, dx: float, zoom: float) -> np.ndarray:
+  """uint8 images shifted by (dy, dx) of their side and zoomed about the centre; edges repeated."""
+  if (dy, dx, zoom) == (0.0, 0.0, 1.0):
+    return images
+  _, h, w, _ = images.shape
+  centre = np.array([(h - 1) / 2, (w - 1) / 2])
+  # Output pixel o samples the input at (o - centre) / zoom + centre - shift.
+  offset = centre - centre / zoom - np.array([dy * h, dx * w])
+  out = np.empty_like(images)
+  for i, image in enumerate(images):
+    for c in range(image.shape[-1]):
+      out[i, ..., c] = ndimage.affine_transform(
+          image[..., c].astype(np.float32), np.full(2, 1 / zoom), offset, order=1,
+          mode="nearest").round().clip(0, 255).astype(np.uint8)
+  return out
+
+
+class TTAPredictor(Predictor):
+  """Any predictor, its probabilities averaged over TTA_VIEWS (features of the plain view)."""
+
+  def __init__(self, base: Predictor, views=TTA_VIEWS):
+    super().__init__(base.workdir, base.config, base.meta)
+    self.base, self.views = base, tuple(views)
+
+  def predict(self, images: np.ndarray) -> Output:
+    self.check_images(images)
+    plain = self.base.predict(images)
+    probs = [plain.probs] + [self.base.probs(view(images, *v)) for v in self.views
+                             if v != (0.0, 0.0, 1.0)]
+    return Output(np.mean(probs, axis=0), plain.features)
+
+  def own_detector(self):
+    return self.base.own_detector()
+
+  @property
+  def supports_gradcam(self) -> bool:
+    return self.base.supports_gradcam
+
+  def gradcam(self, images: np.ndarray):
+    return self.base.gradcam(images)
+
+
+def resize_images(images: np.ndarray, prep) -> np.ndarray:
+  """uint8 images at another model's input (bilinear, channels converted); same if equal."""
+  if images.shape[1:] == prep.shape:
+    return images
+  out = np.empty((len(images),) + prep.shape, np.uint8)
+  for i, image in enumerate(images):
+    img = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    out[i] = decode.convert_and_resize(img, (prep.image_size, prep.image_size), prep.channels)
+  return out
+
+
+class EnsemblePredictor(Predictor):
+  """Members' probabilities averaged; features concatenated; Grad-CAM averaged.
+
+  A member with another input size sees the ensemble's input resized (bilinear).
+  """
+
+  def __init__(self, workdir: str, config, members: list[Predictor], record: dict):
+    super().__init__(workdir, config, record)
+    self.members = members
+
+  def predict(self, images: np.ndarray) -> Output:
+    self.check_images(images)
+    outs = [m.predict(resize_images(images, m.preprocess)) for m in self.members]
+    return Output(np.mean([o.probs for o in outs], axis=0),
+                  np.concatenate([o.features for o in outs], axis=1))
+
+  @property
+  def supports_gradcam(self) -> bool:
+    return any(m.supports_gradcam for m in self.members)
+
+  def gradcam(self, images: np.ndarray):
+    self.check_images(images)
+    cams = []
+    for m in self.members:
+      if m.supports_gradcam:
+        cam = m.gradcam(resize_images(images, m.preprocess))
+        cams.append(np.stack([np.asarray(Image.fromarray(c.astype(np.float32)).resize(
+            images.shape[2:0:-1], Image.BILINEAR)) for c in cam]))
+    return np.clip(np.mean(cams, axis=0), 0.0, 1.0) if cams else None
 
 
 def make_predict_fn(model):
@@ -162,11 +266,19 @@ def gradcam_batched(model, variables, images: np.ndarray,
   return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:3], np.float32)
 
 
-def load_predictor(workdir: str, batch_size: int | None = None, mesh=None) -> Predictor:
-  """The trained model of `workdir` (its config.json says which kind)."""
+def load_predictor(workdir: str, batch_size: int | None = None, mesh=None,
+                   tta: bool = False) -> Predictor:
+  """The trained model of `workdir` (its config.json says which kind); tta: TTAPredictor."""
   config = workdir_lib.load_config(workdir)
-  if models.is_flax(config.model.name):
+  if config.model.name == models.ENSEMBLE:
+    record = workdir_lib.read_json(workdir_lib.path(workdir, ENSEMBLE_FILE))
+    members = [load_predictor(m if os.path.isabs(m) else os.path.join(workdir, m), batch_size,
+                              mesh) for m in record["members"]]
+    predictor = EnsemblePredictor(workdir, config, members, record)
+  elif models.is_flax(config.model.name):
     variables, meta = checkpoints.restore_best(workdir)
-    return FlaxPredictor(workdir, config, variables, meta, batch_size, mesh)
-  pipeline, meta = pca_logreg.load(workdir)
-  return SklearnPredictor(workdir, config, pipeline, meta)
+    predictor = FlaxPredictor(workdir, config, variables, meta, batch_size, mesh)
+  else:
+    pipeline, meta = pca_logreg.load(workdir)
+    predictor = SklearnPredictor(workdir, config, pipeline, meta)
+  return TTAPredictor(predictor) if tta else predictor

@@ -2,11 +2,11 @@
 
   models.get(name) -> ModelKind(name, framework, factory)
   models.create_model(config.model) -> flax.linen.Module        (Flax kinds)
-  models.apply_with_features(model, variables, images01) -> (logits, features)
+  models.apply_with_features(model, variables, images01) -> (logits, feature grid)
 
 Every Flax model takes float32 images in [0, 1], [B, H, W, C], returns one PNEUMONIA
-logit per image, [B], and sows its penultimate features (("intermediates",
-"features")); `train` switches dropout and BatchNorm statistics. A new model is a
+logit per image, [B], and sows its last spatial feature map (("intermediates",
+"feature_map"), [B, h, w, C]); `train` switches dropout and BatchNorm statistics. A new model is a
 module here plus one `register` line below, and a config in configs/.
 
 Modules: `cnn` (the small CNNs), `mobilenet_v2` (keras.applications.MobileNetV2 in
@@ -21,6 +21,7 @@ from typing import Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from cxr_jax import ops as ops_lib
 from cxr_jax.models import cnn
@@ -28,6 +29,7 @@ from cxr_jax.models import mobilenet
 
 FLAX = "flax"
 SKLEARN = "sklearn"
+ENSEMBLE = "ensemble"  # A workdir that names member workdirs (evaluation/ensemble.py).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,12 +83,31 @@ def load_pretrained(model: nn.Module, model_config, variables: dict) -> dict:
   return loader(model_config, variables) if loader is not None else variables
 
 
+FEATURE_GRID = 2  # The feature map is pooled to a FEATURE_GRID x FEATURE_GRID grid.
+
+
+def grid_pool(fmap, grid: int = FEATURE_GRID):
+  """[B, h, w, C] -> [B, grid * grid * C]: the mean of each cell of a grid x grid partition.
+
+  Cells of odd sizes overlap by a row or column. Unlike a global average, where things
+  are stays in the vector: a chest on its side is not pooled into a chest upright.
+  """
+  _, h, w, _ = fmap.shape
+  cells = []
+  for i in range(grid):
+    for j in range(grid):
+      rows = slice((i * h) // grid, -(-((i + 1) * h) // grid))
+      cols = slice((j * w) // grid, -(-((j + 1) * w) // grid))
+      cells.append(jnp.mean(fmap[:, rows, cols, :].astype(jnp.float32), axis=(1, 2)))
+  return jnp.concatenate(cells, axis=-1)
+
+
 def apply_with_features(model: nn.Module, variables, images01, **kwargs):
-  """(logits [B], penultimate features [B, D]) of one inference pass."""
+  """(logits [B], grid-pooled last feature map [B, 4C]) of one inference pass."""
   logits, state = model.apply(variables, images01, train=False, mutable=["intermediates"],
                               **kwargs)
-  (features,) = state["intermediates"]["features"]
-  return logits, features
+  (fmap,) = state["intermediates"]["feature_map"]
+  return logits, grid_pool(fmap)
 
 
 def _cnn_baseline(model_config):
@@ -115,3 +136,4 @@ register("cnn_v2", FLAX, _cnn)
 register("cnn_v3", FLAX, _cnn)
 register("mobilenet_v2", FLAX, _mobilenet_v2)
 register("pca_logreg", SKLEARN)
+register(ENSEMBLE, ENSEMBLE)

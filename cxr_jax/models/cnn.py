@@ -1,8 +1,8 @@
 """The small CNNs of the comparison: the seed's baseline and a VGG-style CNN (cnn_v2/v3).
 
 Every model takes float32 images in [0, 1], [B, H, W, C], returns one PNEUMONIA logit
-per image, [B], and sows its penultimate representation as ("intermediates",
-"features") for the out-of-distribution score (`models.apply_with_features`).
+per image, [B], and sows its last spatial feature map as ("intermediates",
+"feature_map") for the out-of-distribution score (`models.apply_with_features`).
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ class CNNBaseline(nn.Module):
     for features in self.conv_features:
       x = nn.relu(layers.Conv(features, (3, 3), impl=self.ops)(x))
       x = layers.max_pool_2x2(x, self.ops)
+    self.sow("intermediates", "feature_map", x)
     x = x.reshape((x.shape[0], -1))
     for features in self.dense_features:
       x = nn.relu(nn.Dense(features)(x))
-    self.sow("intermediates", "features", x)
     return nn.Dense(1, name="head")(x)[:, 0]
 
 
@@ -60,9 +60,9 @@ class CNN(nn.Module):
   def __call__(self, x, train: bool = False):
     for features in self.block_features:
       x = ConvBlock(features, self.convs_per_block, self.ops)(x, train)
+    self.sow("intermediates", "feature_map", x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.relu(nn.Dense(self.dense_features)(x))
-    self.sow("intermediates", "features", x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(1, name="head")(x)[:, 0]

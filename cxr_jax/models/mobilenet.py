@@ -36,17 +36,21 @@ class MobileNetV2Classifier(nn.Module):
     kernel_init = (nn.initializers.glorot_uniform() if self.weights == "none"
                    else nn.initializers.zeros)
     self.backbone = mobilenet_v2.MobileNetV2(alpha=self.alpha, include_top=False,
-                                             pooling="avg", ops=self.ops,
+                                             pooling=None, ops=self.ops,
                                              bn_momentum=self.bn_momentum,
                                              kernel_init=kernel_init, dtype=self.dtype)
     self.dropout = nn.Dropout(self.dropout_rate)
     self.head = nn.Dense(1)
 
-  def features(self, x, train_batch_norm: bool = False):
-    """Pooled backbone features [B, C] of [0, 1] images."""
+  def feature_map(self, x, train_batch_norm: bool = False):
+    """The backbone's last feature map [B, h, w, C] of [0, 1] images."""
     # A gray [B,H,W,1] image goes in as it is: the backbone's stem treats one channel
     # as the same image in all three (cheaper than repeating it).
     return self.backbone(x * 2.0 - 1.0, train=train_batch_norm)
+
+  def features(self, x, train_batch_norm: bool = False):
+    """Pooled backbone features [B, C] of [0, 1] images (Keras's pooling='avg')."""
+    return jnp.mean(self.feature_map(x, train_batch_norm), axis=(1, 2))
 
   def classify(self, features, train: bool = False):
     """The head alone: logits [B] from pooled features (cached-feature training)."""
@@ -55,9 +59,9 @@ class MobileNetV2Classifier(nn.Module):
 
   def __call__(self, x, train: bool = False, train_batch_norm: bool | None = None):
     bn_train = train if train_batch_norm is None else train_batch_norm
-    features = self.features(x, bn_train)
-    self.sow("intermediates", "features", features)
-    return self.classify(features, train)
+    fmap = self.feature_map(x, bn_train)
+    self.sow("intermediates", "feature_map", fmap)
+    return self.classify(jnp.mean(fmap, axis=(1, 2)), train)
 
   def fine_tune_prefixes(self, n_blocks: int) -> list[str]:
     """Top-level parameter names trained when fine-tuning the last n_blocks (and the head)."""

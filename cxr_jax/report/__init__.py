@@ -63,11 +63,32 @@ def _model_figures(report: dict, figure_dir: str) -> dict[str, str]:
            (labels, scoring.calibrate_probs(probs, temperature))},
       os.path.join(figure_dir, f"reliability_{best}.png"), title=f"Reliability on test, {best}")
   for r in results:
+    out.update(_ood_figures(r, figure_dir))
+  for r in results:
     if r["history"]:
       out[f"training_{r['name']}"] = figures.training_curves(
           r["history"], os.path.join(figure_dir, f"training_{r['name']}.png"),
           title=f"Training curves, {r['name']}")
   return out
+
+
+def _ood_figures(r: dict, figure_dir: str) -> dict[str, str]:
+  """Score distributions of every set, and risk-coverage on test, of one model."""
+  def scores_of(result):
+    return [row["ood_score"] for row in result["predictions"]]
+  sets = {"train": r["train_ood_scores"], "validation": scores_of(r["validation"]),
+          "test": scores_of(r["test"])}
+  sets.update({name: scores_of(e) for name, e in r["externals"].items() if "error" not in e})
+  curves = {f"test, by {k.replace('by_', '').replace('_', ' ')}": v
+            for k, v in r["test"]["risk_coverage"].items() if k.startswith("by_")}
+  return {
+      f"ood_{r['name']}": figures.ood_distributions(
+          sets, r["test"]["ood"]["threshold"], os.path.join(figure_dir, f"ood_{r['name']}.png"),
+          title=f"Is this folder like the training data? {r['name']}"),
+      f"risk_coverage_{r['name']}": figures.risk_coverage(
+          curves, os.path.join(figure_dir, f"risk_coverage_{r['name']}.png"),
+          title=f"Risk-coverage on test, {r['name']}"),
+  }
 
 
 def _eda_figures(eda: dict | None, arrays: dict, figure_dir: str) -> dict[str, str]:

@@ -15,12 +15,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
+from sklearn import metrics as skm
 
 from cxr_jax import data as data_lib
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.data import decode
 from cxr_jax.data import dicom
 from cxr_jax.data import splits
+from cxr_jax.evaluation import evaluate
 from cxr_jax.evaluation import fit
 from cxr_jax.evaluation import predictor as predictor_lib
 from cxr_jax.evaluation import scoring
@@ -104,34 +106,31 @@ class DataCache:
     return self._cache[key]
 
 
-def _score(predictor, data, thresholds, temperature, n_boot) -> dict:
-  probs = predictor.probs(data.images)
-  scores = scoring.score_set(data.labels, probs, thresholds, temperature, n_boot)
-  scores.update(skipped_files=data.skipped, n_skipped=len(data.skipped),
-                predictions=scoring.predictions(data.paths, data.labels, probs))
-  return scores
+def _evaluate(predictor, data, description, fitted, n_boot) -> dict:
+  result = evaluate.evaluate_set(predictor, data, description, fitted, n_boot)
+  for key in ("workdir", "model", "data_dir"):
+    result.pop(key)
+  return result
 
 
 def collect_model(predictor, name: str, description: str = "",
                   target_sensitivity: float = fit.DEFAULT_TARGET_SENSITIVITY,
                   externals: dict[str, str] | None = None, cache: DataCache | None = None,
                   n_boot: int = 1000) -> dict:
-  """All numbers of one trained model: validation fits, test and external scores."""
+  """All numbers of one trained model: validation fits, train/validation/test/external scores."""
   cache = cache or DataCache()
   config = predictor.config
-  log_progress(f"{name}: validation predictions")
+  log_progress(f"{name}: validation predictions and what is fitted on them")
   val = cache.split(config.data, "validation")
-  val_probs = predictor.probs(val.images)
-  cal = fit.fit_calibration(val.labels, val_probs, predictor.threshold, (target_sensitivity,))
-  thresholds = {scoring.VALIDATION_THRESHOLD: predictor.threshold,
-                "sensitivity": cal["sensitivity_thresholds"][fit.target_key(target_sensitivity)]}
-  temperature = cal["temperature"]
-  val_scores = scoring.score_set(val.labels, val_probs, thresholds, temperature)
-  val_scores["predictions"] = scoring.predictions(val.paths, val.labels, val_probs)
-
-  log_progress(f"{name}: test predictions")
-  test_scores = _score(predictor, cache.split(config.data, "test"), thresholds, temperature,
-                       n_boot)
+  fitted = fit.load_or_fit(predictor, target_sensitivity, validation=val)
+  cal = fitted.calibration
+  default_name, default_threshold = fit.operating_point(cal, config)
+  sensitivity_key = f"sensitivity_{fit.target_key(target_sensitivity)}"
+  validation = _evaluate(predictor, val, "validation", fitted, 0)
+  log_progress(f"{name}: training-split OOD scores and test predictions")
+  train = cache.split(config.data, "train")
+  train_scores = fitted.detector.score(predictor.predict(train.images).features)
+  test = _evaluate(predictor, cache.split(config.data, "test"), "test", fitted, n_boot)
   external_scores = {}
   for ext_name, folder in (externals or {}).items():
     log_progress(f"{name}: external folder {ext_name} ({folder})")
@@ -140,11 +139,11 @@ def collect_model(predictor, name: str, description: str = "",
     except (FileNotFoundError, ValueError) as e:
       external_scores[ext_name] = {"folder": folder, "error": str(e)}
       continue
-    external_scores[ext_name] = dict(_score(predictor, ext, thresholds, temperature, n_boot),
+    external_scores[ext_name] = dict(_evaluate(predictor, ext, folder, fitted, n_boot),
                                      folder=folder)
-
   summary = workdir_lib.read_json(workdir_lib.path(predictor.workdir,
                                                    workdir_lib.SUMMARY_FILE), {})
+  _, val_labels, val_probs = scoring.prediction_arrays(validation["predictions"])
   return {
       "name": name, "description": description, "workdir": predictor.workdir,
       "model": predictor.model_name, "supports_gradcam": predictor.supports_gradcam,
@@ -154,22 +153,25 @@ def collect_model(predictor, name: str, description: str = "",
       "epochs_run": summary.get("epochs_run"), "best_epoch": summary.get("best_epoch"),
       "history": workdir_lib.read_json(workdir_lib.path(predictor.workdir,
                                                         workdir_lib.HISTORY_FILE), []),
-      "thresholds": thresholds, "target_sensitivity": target_sensitivity,
-      "temperature": temperature, "calibration": cal,
-      "validation": val_scores, "test": test_scores, "externals": external_scores,
+      "thresholds": {scoring.VALIDATION_THRESHOLD: predictor.threshold,
+                     "sensitivity": cal["sensitivity_thresholds"][
+                         fit.target_key(target_sensitivity)],
+                     **(cal.get("operating_points") or {})},
+      "default_point": evaluate.point_key(default_name), "default_name": default_name,
+      "default_threshold": default_threshold, "sensitivity_point": f"at_{sensitivity_key}",
+      "target_sensitivity": target_sensitivity, "temperature": cal["temperature"],
+      "calibration": cal, "val_loss": float(skm.log_loss(val_labels, val_probs, labels=[0, 1])),
+      "train_ood_scores": [round(float(v), 5) for v in train_scores],
+      "validation": validation, "test": test, "externals": external_scores,
   }
 
 
 def select_best(results: Sequence[dict]) -> str | None:
-  """Name of the model with the highest validation F1 (at its own threshold); AUC breaks ties."""
+  """Name of the model with the lowest validation log loss (README: validation F1 is nearly
+  1 for every model and cannot rank them)."""
   if not results:
     return None
-
-  def key(r):
-    m = r["validation"][f"at_{scoring.VALIDATION_THRESHOLD}"]
-    return (m["f1"], m["roc_auc"] if m["roc_auc"] is not None else -1.0)
-
-  return max(results, key=key)["name"]
+  return min(results, key=lambda r: r["val_loss"])["name"]
 
 
 def pick_cases(labels, probs, threshold: float, n_per_kind: int = 2) -> list[tuple[int, str]]:
@@ -199,7 +201,7 @@ def gradcam_cases(result: dict, predictor, cache: DataCache, n_per_kind: int = 2
   paths, labels, probs = scoring.prediction_arrays(result["test"]["predictions"])
   if list(test.paths) != paths:
     raise ValueError("Test images changed since the predictions were made.")
-  threshold = result["thresholds"][scoring.VALIDATION_THRESHOLD]
+  threshold = result["default_threshold"]
   cases = pick_cases(labels, probs, threshold, n_per_kind)
   if not cases:
     return []

@@ -24,6 +24,10 @@ flags.DEFINE_string("data_dir", None, "Folder with NORMAL/ and PNEUMONIA/; defau
 flags.DEFINE_string("output", None, "Where to write the metrics JSON; default "
                     "<workdir>/eval_<folder name>.json.")
 flags.DEFINE_integer("batch_size", None, "Evaluation batch size; default from the config.")
+flags.DEFINE_bool("tta", False, "Average the probabilities over small shifts and scales.")
+flags.DEFINE_enum("adapt", "none", ["none", "prior", "adabn", "adabn+prior"],
+                  "Also report a label-free adaptation to the folder (its images only): "
+                  "BatchNorm statistics (AdaBN) and/or the class prior (EM).")
 FLAGS = flags.FLAGS
 
 
@@ -36,7 +40,8 @@ def main(argv):
       FLAGS.workdir, f"eval_{os.path.basename(os.path.normpath(data_dir))}.json")
   # Checked before the work: a read-only workdir must not lose a finished evaluation.
   workdir_lib.check_writable(output)
-  result = evaluate.evaluate_folder(FLAGS.workdir, data_dir, FLAGS.batch_size)
+  result = evaluate.evaluate_folder(FLAGS.workdir, data_dir, FLAGS.batch_size,
+                                    tta=FLAGS.tta, adapt=FLAGS.adapt)
   workdir_lib.write_json(output, result)
   print(evaluate.format_result(result))
   print(f"Wrote {output}")

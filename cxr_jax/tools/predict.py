@@ -22,6 +22,10 @@ flags.DEFINE_string("gradcam_dir", None, "Write a Grad-CAM overlay PNG per file 
 flags.DEFINE_float("target_sensitivity", None, "Label at the highest threshold reaching "
                    "this validation sensitivity instead of the validation-F1 threshold.")
 flags.DEFINE_integer("batch_size", None, "Inference batch size; default from the config.")
+flags.DEFINE_bool("tta", False, "Average the probabilities over small shifts and scales.")
+flags.DEFINE_enum("adapt", "none", ["none", "prior", "adabn", "adabn+prior"],
+                  "Label-free adaptation to the given files (their images only); labels "
+                  "then at 0.5 of the adapted probabilities.")
 FLAGS = flags.FLAGS
 
 
@@ -29,7 +33,8 @@ def main(argv):
   if len(argv) < 2:
     raise app.UsageError("Give one or more image files or folders to score.")
   summary = predict.predict_files(FLAGS.workdir, argv[1:], FLAGS.output, FLAGS.gradcam_dir,
-                                  FLAGS.target_sensitivity, FLAGS.batch_size)
+                                  FLAGS.target_sensitivity, FLAGS.batch_size, FLAGS.tta,
+                                  FLAGS.adapt)
   print(predict.format_summary(summary))
 
 

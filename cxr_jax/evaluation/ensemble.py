@@ -1,0 +1,67 @@
+"""Ensembles as a model kind: a workdir that names its members and averages their probabilities.
+
+  create("workdirs/ens", ["workdirs/a/seed_0", "workdirs/a/seed_1", "workdirs/a/seed_2"])
+
+The ensemble workdir holds config.json (the first member's data and evaluation
+settings, model.name "ensemble"), ensemble.json (the members, relative paths where
+possible, and the validation-F1 threshold of the averaged probabilities) and
+train_summary.json. `evaluation.predictor.load_predictor` then gives an
+EnsemblePredictor: evaluate, predict, the report, calibration, Grad-CAM (members
+averaged) and the out-of-distribution score (members' features concatenated) work
+on it as on any workdir. Members are chosen by the caller; nothing is chosen on test.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import ml_collections
+from sklearn import metrics as skm
+
+from cxr_jax import data as data_lib
+from cxr_jax import models
+from cxr_jax import workdir as workdir_lib
+from cxr_jax.evaluation import fit
+from cxr_jax.evaluation import metrics as metrics_lib
+from cxr_jax.evaluation import predictor as predictor_lib
+
+
+def _member_path(workdir: str, member: str) -> str:
+  rel = os.path.relpath(os.path.abspath(member), os.path.abspath(workdir))
+  return rel if not rel.startswith(os.pardir + os.sep + os.pardir + os.sep + os.pardir) \
+      else os.path.abspath(member)
+
+
+def create(workdir: str, members: list[str], name: str | None = None) -> dict:
+  """Writes an ensemble workdir of trained `members`; returns its summary."""
+  if len(members) < 2:
+    raise ValueError("An ensemble needs at least two member workdirs.")
+  for member in members:
+    trained, reason = workdir_lib.status(member)
+    if not trained:
+      raise ValueError(f"Ensemble member {member!r} is not a finished workdir ({reason}).")
+  first = workdir_lib.load_config(members[0])
+  config = copy.deepcopy(first)
+  config.name = name or os.path.basename(os.path.normpath(workdir))
+  config.description = f"ensemble of {len(members)}: " + ", ".join(
+      workdir_lib.load_config(m).get("name", m) for m in members)
+  config.model = ml_collections.ConfigDict({"name": models.ENSEMBLE})
+  os.makedirs(workdir, exist_ok=True)
+  record = {"members": [_member_path(workdir, m) for m in members], "threshold": 0.5}
+  workdir_lib.save_config(workdir, config)
+  workdir_lib.write_json(workdir_lib.path(workdir, predictor_lib.ENSEMBLE_FILE), record)
+  predictor = predictor_lib.load_predictor(workdir)
+  val = data_lib.load(config.data, "validation")
+  probs = predictor.probs(val.images)
+  record["threshold"] = metrics_lib.f1_optimal_threshold(val.labels, probs)
+  record["val_metrics"] = metrics_lib.binary_metrics(val.labels, probs, 0.5)
+  record["val_metrics"]["loss"] = float(skm.log_loss(val.labels, probs, labels=[0, 1]))
+  workdir_lib.write_json(workdir_lib.path(workdir, predictor_lib.ENSEMBLE_FILE), record)
+  predictor = predictor_lib.load_predictor(workdir)
+  fit.load_or_fit(predictor, validation=val)
+  summary = {"model": models.ENSEMBLE, "name": config.name, "members": record["members"],
+             "params": None, "best_epoch": None, "val": record["val_metrics"],
+             "val_threshold": record["threshold"], "train_seconds": None}
+  workdir_lib.write_json(workdir_lib.path(workdir, workdir_lib.SUMMARY_FILE), summary)
+  return summary

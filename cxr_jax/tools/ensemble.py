@@ -1,0 +1,35 @@
+"""Makes an ensemble workdir of trained workdirs (seeds of a recipe, or different models).
+
+  python -m cxr_jax.tools.ensemble --workdir=workdirs/mobilenet_v2_x3 \
+      --members=workdirs/sweeps/x/mobilenet_v2/seed_0,workdirs/sweeps/x/mobilenet_v2/seed_1
+
+Then evaluate, predict and the report take it like any workdir.
+"""
+
+if __name__ == "__main__":
+  from cxr_jax.tools import malloc_tuning
+  malloc_tuning.reexec_with_tunables()  # Before the heavy imports: restarts once.
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags
+
+from cxr_jax.evaluation import ensemble
+from cxr_jax.tools import startup
+
+flags.DEFINE_string("workdir", None, "The ensemble workdir to write.", required=True)
+flags.DEFINE_list("members", None, "Trained member workdirs.", required=True)
+flags.DEFINE_string("name", None, "Name in reports (default: the workdir's folder name).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  summary = ensemble.create(FLAGS.workdir, FLAGS.members, FLAGS.name)
+  v = summary["val"]
+  print(f"Ensemble of {len(summary['members'])} in {FLAGS.workdir}: validation log loss "
+        f"{v['loss']:.4f}, F1 {v['f1']:.4f}, AUC {v['roc_auc']:.4f}.")
+
+
+if __name__ == "__main__":
+  startup.run(main)
