@@ -45,13 +45,15 @@ def write_json(file_path: str, obj, all_processes: bool = False) -> None:
 def check_writable(file_path: str) -> None:
   """Raises PermissionError naming `file_path` if it cannot be written (checked before work)."""
   folder = os.path.dirname(os.path.abspath(file_path))
-  probe = folder
-  while not os.path.exists(probe):
-    probe = os.path.dirname(probe)
-  if not os.access(probe, os.W_OK) or (os.path.exists(file_path)
-                                       and not os.access(file_path, os.W_OK)):
-    raise PermissionError(f"Cannot write {file_path}: {probe} is not writable (choose another "
-                          "--output).")
+  try:
+    os.makedirs(folder, exist_ok=True)
+    probe = os.path.join(folder, f".cxr_jax_write_probe_{os.getpid()}")
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(f"Cannot write {file_path} ({e.strerror or e}); choose another "
+                          "--output.") from None
 
 
 def read_json(file_path: str, default=None):

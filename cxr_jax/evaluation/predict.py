@@ -102,11 +102,11 @@ def predict_files(workdir: str, paths, output: str, gradcam_dir: str | None = No
   adapt: label-free adaptation to these files (adaptation.METHODS); labels then at 0.5.
   """
   start = time.time()
-  predictor = predictor_lib.load_predictor(workdir, batch_size, tta=tta)
-  fitted = fit.load_or_fit(predictor, target_sensitivity)
-  files = data_lib.expand_paths(paths)
+  files = data_lib.expand_paths(paths)  # Before the model: a wrong path fails at once.
   if not files:
     raise ValueError(f"No image files found in {list(paths)}.")
+  predictor = predictor_lib.load_predictor(workdir, batch_size, tta=tta)
+  fitted = fit.load_or_fit(predictor, target_sensitivity)
   decoded = data_lib.load_files(files, predictor.preprocess)
   errors = {s["path"]: s["reason"] for s in decoded.skipped}
   scored = score_images(predictor, fitted, decoded.images, target_sensitivity, adapt)
