@@ -9,34 +9,40 @@ if __name__ == "__main__":
   malloc_tuning.reexec_with_tunables()  # Before the heavy imports: restarts once.
 
 import os  # pylint: disable=g-import-not-at-top,wrong-import-position
+import shlex
+import sys
+import time
 
-import jax
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from cxr_jax import model_card
 from cxr_jax import train
+from cxr_jax import workdir as workdir_lib
 from cxr_jax.tools import startup
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
                                 lock_config=True)
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host: "
-                  "run the same command on every host; see README.md).")
 flags.DEFINE_string("workdir", None, "Checkpoints, logs and metrics go here; an existing "
                     "checkpoint is resumed. Default: workdirs/<config.name>.")
+flags.DEFINE_bool("allow_config_change", False, "Continue a workdir trained with another "
+                  "config (the change is recorded in config_history.json); refused otherwise.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if FLAGS.distributed:
-    jax.distributed.initialize()  # Coordinator/process ids from the environment or cluster.
   config = FLAGS.config
   workdir = FLAGS.workdir or os.path.join("workdirs", config.name or config.model.name)
   logging.info("Config:\n%s", config)
-  train.train_and_evaluate(config, workdir)
+  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.write_json(os.path.join(workdir, model_card.COMMAND_FILE), {
+      "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+      "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+  train.train_and_evaluate(config, workdir, FLAGS.allow_config_change)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from cxr_jax import checkpoints
 from cxr_jax import config_checks
 from cxr_jax import data as data_lib
 from cxr_jax import faults
+from cxr_jax import model_card
 from cxr_jax import models
 from cxr_jax import sharding
 from cxr_jax import train_step as steps
@@ -148,7 +149,7 @@ def make_head_predict_fn(model):
   return predict
 
 
-def cached_features(model, variables, train_data, val_data, batch_size: int
+def cached_features(model, variables, train_data, val_data, batch_size: int, mesh=None
                     ) -> tuple[data_lib.DecodedSet, data_lib.DecodedSet, float]:
   """Train/val sets whose "images" are the frozen backbone's pooled features, and seconds.
 
@@ -159,7 +160,7 @@ def cached_features(model, variables, train_data, val_data, batch_size: int
   features_fn = make_features_fn(model)
   start = time.time()
   out = [dataclasses.replace(d, images=inference.predict_batched(features_fn, variables,
-                                                                 d.images, batch_size))
+                                                                 d.images, batch_size, mesh))
          for d in (train_data, val_data)]
   seconds = time.time() - start
   logging.info("Cached backbone features of %d train + %d validation images (%d-d) in %.1fs; "
@@ -236,6 +237,8 @@ def _nonfinite_message(error: NonFiniteLossError, run: Run) -> str:
 
 
 def _summary_writer(workdir: str):
+  if jax.process_index() != 0:  # One set of files, however many processes.
+    return None
   try:
     from flax.metrics import tensorboard  # pylint: disable=g-import-not-at-top
   except ImportError as e:  # It needs TensorFlow, which accelerator images may lack.
@@ -346,7 +349,7 @@ def _phase_programs(run: Run, phase, state, mask):
     # The frozen backbone's features are computed once; the head trains on them.
     train_f, val_f, seconds = cached_features(run.model, steps.variables_of(state),
                                               run.train_data, run.val_data,
-                                              config.eval_batch_size)
+                                              config.eval_batch_size, run.mesh)
     run.progress.train_seconds += seconds
     step = jax.jit(steps.make_head_step(run.model, mask), donate_argnums=(0,))
     return step, train_f, val_f, make_head_predict_fn(run.model)
@@ -444,6 +447,7 @@ def _finish(run: Run) -> dict:
   predictor = predictor_lib.load_predictor(run.workdir)
   fit.load_or_fit(predictor, validation=run.val_data, train=run.train_data)
   workdir_lib.write_json(workdir_lib.path(run.workdir, workdir_lib.SUMMARY_FILE), summary)
+  model_card.write(run.workdir)
   record = run.best_record
   logging.info("Done. Best epoch %d by validation %s: validation loss %.4f, F1 %.4f "
                "(threshold 0.5), AUC %.4f; threshold %.3f maximises validation F1 (%.4f). "
@@ -487,7 +491,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   logging.info("Class weights in the loss (NORMAL, PNEUMONIA): %s", loss_weights.tolist())
   run = Run(config, workdir, model, train_data, val_data, loss_weights, mesh,
             checkpoints.RunCheckpoints(workdir), _summary_writer(workdir),
-            jax.random.split(jax.random.PRNGKey(config.seed))[1], Progress())
+            sharding.replicate(jax.random.split(jax.random.PRNGKey(config.seed))[1], mesh),
+            Progress())
   try:
     _train_phases(run, variables)
   except NonFiniteLossError as e:
@@ -533,6 +538,7 @@ def train_sklearn(config: ml_collections.ConfigDict, workdir: str, datasets=None
              "train_seconds": round(seconds, 1), "skipped_files": train_data.skipped, "C": c}
   fit.load_or_fit(predictor_lib.load_predictor(workdir), validation=val_data, train=train_data)
   workdir_lib.write_json(workdir_lib.path(workdir, workdir_lib.SUMMARY_FILE), summary)
+  model_card.write(workdir)
   logging.info("Done. C=%g: validation F1 %.4f (threshold 0.5); PCA keeps %.1f%% of the "
                "variance; %s parameters; %.1fs.", c, val["f1"], 100 * explained,
                f"{params:,}", seconds)

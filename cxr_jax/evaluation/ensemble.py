@@ -20,6 +20,7 @@ import ml_collections
 from sklearn import metrics as skm
 
 from cxr_jax import data as data_lib
+from cxr_jax import model_card
 from cxr_jax import models
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.evaluation import fit
@@ -64,4 +65,5 @@ def create(workdir: str, members: list[str], name: str | None = None) -> dict:
              "params": None, "best_epoch": None, "val": record["val_metrics"],
              "val_threshold": record["threshold"], "train_seconds": None}
   workdir_lib.write_json(workdir_lib.path(workdir, workdir_lib.SUMMARY_FILE), summary)
+  model_card.write(workdir)
   return summary

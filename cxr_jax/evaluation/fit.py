@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 
+import jax
 import numpy as np
 
 from cxr_jax import data as data_lib
@@ -147,6 +148,8 @@ def fit_detector(predictor, val_features, train=None) -> ood.Detector:
 
 
 def _save(workdir: str, cal: dict, detector: ood.Detector) -> None:
+  if jax.process_index() != 0:  # One writer; every process holds the same fit.
+    return
   try:
     detector.save(workdir_lib.path(workdir, OOD_FILE))
     workdir_lib.write_json(workdir_lib.path(workdir, workdir_lib.CALIBRATION_FILE), cal)

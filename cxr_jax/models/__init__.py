@@ -95,10 +95,10 @@ def grid_pool(fmap, grid: int = FEATURE_GRID):
   _, h, w, _ = fmap.shape
   cells = []
   for i in range(grid):
+    rows = jax.lax.slice_in_dim(fmap, (i * h) // grid, -(-((i + 1) * h) // grid), axis=1)
     for j in range(grid):
-      rows = slice((i * h) // grid, -(-((i + 1) * h) // grid))
-      cols = slice((j * w) // grid, -(-((j + 1) * w) // grid))
-      cells.append(jnp.mean(fmap[:, rows, cols, :].astype(jnp.float32), axis=(1, 2)))
+      cell = jax.lax.slice_in_dim(rows, (j * w) // grid, -(-((j + 1) * w) // grid), axis=2)
+      cells.append(jnp.mean(cell.astype(jnp.float32), axis=(1, 2)))
   return jnp.concatenate(cells, axis=-1)
 
 

@@ -30,7 +30,7 @@ class CNNBaseline(nn.Module):
     x = x.reshape((x.shape[0], -1))
     for features in self.dense_features:
       x = nn.relu(nn.Dense(features)(x))
-    return nn.Dense(1, name="head")(x)[:, 0]
+    return jnp.squeeze(nn.Dense(1, name="head")(x), axis=-1)
 
 
 class ConvBlock(nn.Module):
@@ -65,4 +65,4 @@ class CNN(nn.Module):
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.relu(nn.Dense(self.dense_features)(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(1, name="head")(x)[:, 0]
+    return jnp.squeeze(nn.Dense(1, name="head")(x), axis=-1)

@@ -55,7 +55,7 @@ class MobileNetV2Classifier(nn.Module):
   def classify(self, features, train: bool = False):
     """The head alone: logits [B] from pooled features (cached-feature training)."""
     features = jnp.asarray(features, jnp.float32)  # The head and the loss stay in fp32.
-    return self.head(self.dropout(features, deterministic=not train))[:, 0]
+    return jnp.squeeze(self.head(self.dropout(features, deterministic=not train)), axis=-1)
 
   def __call__(self, x, train: bool = False, train_batch_norm: bool | None = None):
     bn_train = train if train_batch_norm is None else train_batch_norm

@@ -94,7 +94,7 @@ class Conv(nn.Module):
 def max_pool_2x2(x, impl: str = "auto"):
   """2x2 max-pool, stride 2 (odd trailing rows/columns dropped, as nn.max_pool VALID)."""
   if not ops.use_cpu_kernels(impl, x):
-    return nn.max_pool(x, (2, 2), strides=(2, 2))
+    return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
   b, h, w, c = x.shape
   x = x[:, :h - h % 2, :w - w % 2, :]
   return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))

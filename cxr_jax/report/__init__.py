@@ -19,6 +19,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from cxr_jax import model_card
+from cxr_jax import workdir as workdir_lib
 from cxr_jax.evaluation import scoring
 from cxr_jax.report import collect
 from cxr_jax.evaluation import figures
@@ -162,6 +164,19 @@ def _gradcams(report: dict, predictors: dict, cache, mode: str) -> tuple[dict, l
   return items, notes
 
 
+def _refresh_model_card(r: dict) -> None:
+  """The model's test and external results into its workdir, then its MODEL_CARD.md."""
+  try:
+    for name, result in [("test", r["test"])] + [
+        (n, e) for n, e in r["externals"].items() if "error" not in e]:
+      workdir_lib.write_json(os.path.join(r["workdir"], f"eval_{name}.json"),
+                             {**result, "workdir": r["workdir"], "model": r["model"],
+                              "data_dir": result.get("folder", name)})
+    model_card.write(r["workdir"])
+  except OSError as e:  # A read-only workdir still gets its report.
+    logging.warning("Could not refresh the model card of %s: %s", r["workdir"], e)
+
+
 def build_report(entries: Sequence[collect.Entry], output_dir: str,
                  externals: dict[str, str] | None = None, train_missing: bool = False,
                  train_fn: Callable | None = None, target_sensitivity: float = 0.95,
@@ -185,6 +200,9 @@ def build_report(entries: Sequence[collect.Entry], output_dir: str,
             "n_boot": n_boot, "command": command,
             "generated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M")}
   gradcam_items, report["gradcam_notes"] = _gradcams(report, predictors, cache, gradcam)
+  if not max_per_class:  # Full sets only: a subset run must not overwrite a model's record.
+    for r in results:
+      _refresh_model_card(r)
   data_config = predictors[results[0]["name"]].config.data if results else data_config
   eda_arrays = {}
   report["eda"] = None

@@ -13,6 +13,7 @@ import os  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 
+from cxr_jax import model_card
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.evaluation import evaluate
 from cxr_jax.tools import startup
@@ -45,6 +46,8 @@ def main(argv):
   workdir_lib.write_json(output, result)
   print(evaluate.format_result(result))
   print(f"Wrote {output}")
+  if os.path.dirname(os.path.abspath(output)) == os.path.abspath(FLAGS.workdir):
+    print(f"Refreshed {model_card.write(FLAGS.workdir)}")
 
 
 if __name__ == "__main__":

@@ -18,9 +18,17 @@ from typing import Callable
 from absl import app
 from absl import flags
 
+from cxr_jax import sharding
 from cxr_jax.tools import malloc_tuning
 
 flags.DEFINE_bool("verbose", False, "Show full tracebacks and library log lines.")
+flags.DEFINE_bool("distributed", False, "Run as one of several processes (jax.distributed): "
+                  "the coordinator, process count and id from the flags below, else from "
+                  "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, else detected "
+                  "(SLURM, Open MPI, TPU pods). See README.md, 'Several machines'.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (with --distributed).")
+flags.DEFINE_integer("process_id", None, "This process's id, 0..num_processes-1.")
 
 # Orbax logs every save/restore step at INFO; keep its warnings, drop the chatter.
 _QUIET_PACKAGES = (os.sep + "orbax" + os.sep, os.sep + "jax" + os.sep + "_src" + os.sep)
@@ -55,6 +63,9 @@ def _guarded(main: Callable, resume_hint: str | None) -> Callable:
     if not flags.FLAGS.verbose:
       setup_logging()
     try:
+      if flags.FLAGS.distributed:
+        sharding.initialize_distributed(flags.FLAGS.coordinator_address,
+                                        flags.FLAGS.num_processes, flags.FLAGS.process_id)
       return main(argv)
     except KeyboardInterrupt:
       print("\nInterrupted." + (f" {resume_hint}" if resume_hint else ""), file=sys.stderr)

@@ -1,0 +1,245 @@
+"""Export: a trained workdir as one function for the runtimes deployers use.
+
+  serving = serving_function(predictor, fitted)   # jitted JAX reference
+  export_onnx(serving, "model.onnx")               # ONNX Runtime (jax2onnx)
+  export_saved_model(serving, "saved_model/")      # TensorFlow Serving (jax2tf)
+  export_tflite("saved_model/", "model.tflite")    # LiteRT, float32 or int8 weights
+
+The function takes uint8 images [N, S, S, C] at the config's input size (files are
+decoded, cropped and resized on the host as by `data.decode.Preprocess`; a batch of
+any N) and returns the temperature-calibrated PNEUMONIA probability [N] and the
+out-of-distribution score [N]; the operating threshold and the OOD acceptance
+threshold are in the metadata (`metadata()`, written beside every file as JSON and,
+in ONNX, as metadata_props). The layers take their plain XLA forms (config.model.ops
+"xla"), which every converter maps to the runtime's own convolutions.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cxr_jax import models
+from cxr_jax.data import augment
+from cxr_jax.evaluation import fit
+
+FORMATS = ("onnx", "saved_model", "tflite", "tflite_int8")
+
+
+@dataclasses.dataclass
+class Serving:
+  fn: object  # jitted: uint8 [N, S, S, C] -> (probability [N], ood_score [N])
+  shape: tuple[int, int, int]  # (S, S, C)
+  metadata: dict
+
+
+def _ood_score(detector, features):
+  """ood.Detector.score, in jnp (the same formulas: see evaluation/ood.py)."""
+  a = {k: jnp.asarray(v) for k, v in detector.arrays.items()}
+  if detector.kind == "mahalanobis":
+    best = None
+    for mean in a["means"]:
+      y = features - mean - a["centre"]
+      z = y @ a["components"].T
+      inside = jnp.sum(z * z / a["variances"], axis=1)
+      residual = jnp.maximum(jnp.sum(y * y, axis=1) - jnp.sum(z * z, axis=1), 0.0)
+      d = inside + residual / a["noise_variance"]
+      best = d if best is None else jnp.minimum(best, d)
+    return best / features.shape[1]
+  if detector.kind == "knn":
+    q = features @ a["components"].T
+    q = q / jnp.maximum(jnp.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    similarity = q @ a["bank"].T
+    kth = jax.lax.top_k(similarity, int(detector.arrays["k"]))[0][:, -1]
+    return 1.0 - kth
+  raise ValueError(f"No export for the {detector.kind} detector.")
+
+
+def metadata(predictor, fitted: fit.Fitted) -> dict:
+  cal = fitted.calibration
+  name, threshold = fit.operating_point(cal, predictor.config)
+  temperature = cal["temperature"]
+  calibrated = float(jax.nn.sigmoid(jnp.log(threshold / (1 - threshold)) / temperature)) \
+      if 0 < threshold < 1 else threshold
+  prep = predictor.preprocess
+  return {
+      "model": predictor.model_name, "name": predictor.config.get("name", ""),
+      "input": {"dtype": "uint8", "shape": ["N", *prep.shape], "range": [0, 255],
+                "preprocessing": {"image_size": prep.image_size, "channels": prep.channels,
+                                  "crop_border": prep.crop_border,
+                                  "resize": "Pillow bilinear (antialiased) to image_size",
+                                  "gray": "Pillow 'L' (ITU-R 601 luma)",
+                                  "dicom": "windowed to 8 bits, MONOCHROME1 inverted"}},
+      "outputs": {"probability": "temperature-calibrated P(PNEUMONIA)",
+                  "ood_score": f"{fitted.detector.kind} out-of-distribution score"},
+      "operating_point": {"rule": name, "threshold_on_probability": calibrated},
+      "temperature": temperature,
+      "ood": {"kind": fitted.detector.kind, "threshold": fitted.detector.threshold,
+              "accept": fitted.detector.accept,
+              "rule": "ood_score > threshold: OUT_OF_DISTRIBUTION, give no diagnosis"},
+      "labels": {"0": "NORMAL", "1": "PNEUMONIA"},
+  }
+
+
+def serving_function(predictor, fitted: fit.Fitted) -> Serving:
+  """The whole scoring function of a Flax workdir's model, with its plain-XLA layers."""
+  if not models.is_flax(predictor.model_name):
+    raise ValueError(f"Export is for the neural networks; {predictor.model_name} is not one.")
+  model_config = copy.deepcopy(predictor.config.model)
+  model_config.ops = "xla"
+  model = models.create_model(model_config)
+  variables = jax.tree_util.tree_map(jnp.asarray, predictor.variables)
+  temperature = float(fitted.calibration["temperature"])
+  detector = fitted.detector
+
+  @jax.jit
+  def fn(images):
+    logits, features = models.apply_with_features(model, variables, augment.to_float(images))
+    return (jax.nn.sigmoid(logits.astype(jnp.float32) / temperature),
+            _ood_score(detector, features.astype(jnp.float32)))
+
+  return Serving(fn, predictor.preprocess.shape, metadata(predictor, fitted))
+
+
+def _write_metadata(serving: Serving, path: str) -> str:
+  meta_path = os.path.splitext(path.rstrip("/"))[0] + ".json"
+  with open(meta_path, "w") as f:
+    json.dump(serving.metadata, f, indent=2)
+  return meta_path
+
+
+def export_onnx(serving: Serving, path: str) -> str:
+  """An ONNX model (jax2onnx) with a dynamic batch; metadata as metadata_props too."""
+  import onnx  # pylint: disable=g-import-not-at-top
+  from jax2onnx import to_onnx  # pylint: disable=g-import-not-at-top
+  spec = jax.ShapeDtypeStruct(("N",) + serving.shape, jnp.uint8)
+  model = to_onnx(serving.fn, [spec], model_name="cxr_jax", return_mode="proto")
+  for key, value in serving.metadata.items():
+    entry = model.metadata_props.add()
+    entry.key, entry.value = key, json.dumps(value)
+  onnx.save(model, path)
+  _write_metadata(serving, path)
+  return path
+
+
+def export_saved_model(serving: Serving, path: str) -> str:
+  """A TensorFlow SavedModel (jax2tf, native serialization) with a dynamic batch."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
+  converted = jax2tf.convert(serving.fn, polymorphic_shapes=["(b, ...)"], with_gradient=False)
+  module = tf.Module()
+  module.f = tf.function(
+      lambda images: dict(zip(("probability", "ood_score"), converted(images))),
+      input_signature=[tf.TensorSpec((None,) + serving.shape, tf.uint8, name="images")],
+      autograph=False)
+  tf.saved_model.save(module, path, signatures={"serving_default": module.f})
+  _write_metadata(serving, path)
+  return path
+
+
+def export_tflite(saved_model: str, path: str, int8_weights: bool = False) -> str:
+  """A LiteRT flatbuffer of a SavedModel; int8_weights: dynamic-range weight quantisation."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS,
+                                         tf.lite.OpsSet.SELECT_TF_OPS]
+  if int8_weights:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  with open(path, "wb") as f:
+    f.write(converter.convert())
+  meta = saved_model.rstrip("/") + ".json"
+  if os.path.exists(meta):
+    with open(meta) as src, open(os.path.splitext(path)[0] + ".json", "w") as dst:
+      dst.write(src.read())
+  return path
+
+
+class Runtime:
+  """Runs an exported file in the runtime a deployer would use; __call__(images) -> (p, ood)."""
+
+  def __init__(self, path: str):
+    self.path = path
+    if path.endswith(".onnx"):
+      import onnxruntime as ort  # pylint: disable=g-import-not-at-top
+      self._session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+      self._call = self._onnx
+    elif path.endswith(".tflite"):
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      self._interpreter = tf.lite.Interpreter(model_path=path)
+      self._call = self._tflite
+    else:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      self._fn = tf.saved_model.load(path).signatures["serving_default"]
+      self._call = self._saved_model
+
+  def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return self._call(np.ascontiguousarray(images, np.uint8))
+
+  def _onnx(self, images):
+    name = self._session.get_inputs()[0].name
+    probability, ood_score = self._session.run(None, {name: images})
+    return np.asarray(probability), np.asarray(ood_score)
+
+  def _saved_model(self, images):
+    out = self._fn(images=images)
+    return out["probability"].numpy(), out["ood_score"].numpy()
+
+  def _tflite(self, images):
+    interp = self._interpreter
+    index = interp.get_input_details()[0]["index"]
+    interp.resize_tensor_input(index, images.shape)
+    interp.allocate_tensors()
+    out = interp.get_signature_runner("serving_default")(images=images)
+    return np.asarray(out["probability"]), np.asarray(out["ood_score"])
+
+
+def parity(serving: Serving, runtime: Runtime, images: np.ndarray, labels: np.ndarray,
+           batch_size: int = 64) -> dict:
+  """How close an exported file's outputs are to the JAX function's on labelled images."""
+  from sklearn import metrics as skm  # pylint: disable=g-import-not-at-top
+  ref_p, ref_o, got_p, got_o = [], [], [], []
+  for start in range(0, len(images), batch_size):
+    batch = images[start:start + batch_size]
+    p, o = serving.fn(batch)
+    ref_p.append(np.asarray(p))
+    ref_o.append(np.asarray(o))
+    p, o = runtime(batch)
+    got_p.append(p)
+    got_o.append(o)
+  ref_p, ref_o, got_p, got_o = map(np.concatenate, (ref_p, ref_o, got_p, got_o))
+  threshold = serving.metadata["operating_point"]["threshold_on_probability"]
+  both = len(np.unique(labels)) == 2
+  return {
+      "n": int(len(images)),
+      "max_abs_probability_difference": float(np.max(np.abs(got_p - ref_p))),
+      "max_relative_ood_difference": float(np.max(np.abs(got_o - ref_o)
+                                                  / np.maximum(np.abs(ref_o), 1e-6))),
+      "label_agreement": float(np.mean((got_p >= threshold) == (ref_p >= threshold))),
+      "ood_flag_agreement": float(np.mean((got_o > serving.metadata["ood"]["threshold"])
+                                          == (ref_o > serving.metadata["ood"]["threshold"]))),
+      "auc_jax": float(skm.roc_auc_score(labels, ref_p)) if both else None,
+      "auc_exported": float(skm.roc_auc_score(labels, got_p)) if both else None,
+  }
+
+
+def export_all(serving: Serving, output_dir: str, formats=FORMATS) -> dict[str, str]:
+  """{format: path} of every requested format under output_dir."""
+  os.makedirs(output_dir, exist_ok=True)
+  out = {}
+  saved_model = os.path.join(output_dir, "saved_model")
+  if "onnx" in formats:
+    out["onnx"] = export_onnx(serving, os.path.join(output_dir, "model.onnx"))
+  if {"saved_model", "tflite", "tflite_int8"} & set(formats):
+    out["saved_model"] = export_saved_model(serving, saved_model)
+  if "tflite" in formats:
+    out["tflite"] = export_tflite(saved_model, os.path.join(output_dir, "model.tflite"))
+  if "tflite_int8" in formats:
+    out["tflite_int8"] = export_tflite(saved_model,
+                                       os.path.join(output_dir, "model_int8.tflite"), True)
+  return out

@@ -1,0 +1,63 @@
+"""Exports a trained workdir for ONNX Runtime, TensorFlow Serving and LiteRT, checked on test.
+
+  python -m cxr_jax.tools.export --workdir=workdirs/mobilenet_v2 --format=all
+  python -m cxr_jax.tools.export --workdir=workdirs/mobilenet_v2 --format=onnx --output_dir=out
+
+Writes <output_dir>/model.onnx, saved_model/, model.tflite, model_int8.tflite (int8
+weights), each with its metadata JSON (operating threshold, OOD threshold,
+preprocessing), then runs each in its runtime on the test split against the JAX
+function and prints the parity (written to <output_dir>/parity.json).
+"""
+
+if __name__ == "__main__":
+  from cxr_jax.tools import malloc_tuning
+  malloc_tuning.reexec_with_tunables()  # Before the heavy imports: restarts once.
+
+import json  # pylint: disable=g-import-not-at-top,wrong-import-position
+import os
+
+from absl import app
+from absl import flags
+
+from cxr_jax import data as data_lib
+from cxr_jax import export
+from cxr_jax import workdir as workdir_lib
+from cxr_jax.evaluation import fit
+from cxr_jax.evaluation import predictor as predictor_lib
+from cxr_jax.tools import startup
+
+flags.DEFINE_string("workdir", None, "Trained workdir (a neural network).", required=True)
+flags.DEFINE_list("format", ["all"], f"Some of {list(export.FORMATS)}, or all.")
+flags.DEFINE_string("output_dir", None, "Default: <workdir>/export.")
+flags.DEFINE_bool("check", True, "Run every exported file on the test split and compare.")
+flags.DEFINE_integer("max_per_class", 0, "> 0: check on that many test images per class.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  formats = export.FORMATS if FLAGS.format == ["all"] else FLAGS.format
+  unknown = set(formats) - set(export.FORMATS)
+  if unknown:
+    raise app.UsageError(f"--format: unknown {sorted(unknown)}; known {list(export.FORMATS)}.")
+  output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, "export")
+  workdir_lib.check_writable(os.path.join(output_dir, "parity.json"))
+  predictor = predictor_lib.load_predictor(FLAGS.workdir)
+  serving = export.serving_function(predictor, fit.load_or_fit(predictor))
+  paths = export.export_all(serving, output_dir, formats)
+  for fmt, path in paths.items():
+    print(f"{fmt}: {path}")
+  if not FLAGS.check:
+    return
+  config = predictor.config
+  test = data_lib.load_folder(os.path.join(config.data.data_dir, "test"), predictor.preprocess,
+                              FLAGS.max_per_class)
+  results = {fmt: export.parity(serving, export.Runtime(path), test.images, test.labels)
+             for fmt, path in paths.items() if fmt in formats}
+  workdir_lib.write_json(os.path.join(output_dir, "parity.json"), results)
+  print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+  startup.run(main)

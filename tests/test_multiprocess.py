@@ -1,0 +1,147 @@
+"""Two processes on localhost (CPU, gloo collectives) train, evaluate and checkpoint as one.
+
+Each config runs once in one process and once as two processes of the same global batch
+(batch_size 8: 4 per process). Tolerance: the two runs sum the gradients and BatchNorm
+statistics in a different order, and Adam turns the rounding of near-zero gradients into
+steps of up to the learning rate, so losses agree to 5e-3 (relative; measured: 1e-6 in
+the first epoch, up to 1.1e-3 in the second) and parameters to 5e-3 (absolute) after
+the debug run's ~8 steps; a stop of both processes and a restart must give the
+two-process result exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from cxr_jax import checkpoints
+from cxr_jax import faults
+from tests.conftest import CHEST_XRAY, REPO, require
+
+CONFIGS = ("configs/cnn_v3.py:debug", "configs/mobilenet.py:debug")
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _command(config: str, workdir: str) -> list[str]:
+  return [sys.executable, "launch.py", f"--config={config}", f"--workdir={workdir}",
+          f"--config.data.data_dir={CHEST_XRAY}", "--config.data.source=folder"]
+
+
+def _env(cache: str) -> dict:
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": cache,
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  env.pop(faults.KILL_AT, None)
+  return env
+
+
+def _start(config: str, workdir: str, cache: str, n: int) -> list[subprocess.Popen]:
+  port = _free_port()
+  return [subprocess.Popen(
+      _command(config, workdir) + ["--distributed", f"--coordinator_address=127.0.0.1:{port}",
+                                   f"--num_processes={n}", f"--process_id={i}"],
+      cwd=REPO, env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(n)]
+
+
+def _wait(procs: list[subprocess.Popen]) -> list[subprocess.CompletedProcess]:
+  out = []
+  for p in procs:
+    try:
+      stdout, stderr = p.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      raise
+    out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+  return out
+
+
+def run_processes(config: str, workdir: str, cache: str, n: int
+                  ) -> list[subprocess.CompletedProcess]:
+  """The same command in n processes (the README's plain per-host command)."""
+  if n == 1:
+    return [subprocess.run(_command(config, workdir), cwd=REPO, env=_env(cache),
+                           capture_output=True, text=True, timeout=600)]
+  return _wait(_start(config, workdir, cache, n))
+
+
+def _leaves(tree, prefix=""):
+  out = {}
+  for k, v in tree.items():
+    out.update(_leaves(v, f"{prefix}{k}/") if isinstance(v, dict)
+               else {f"{prefix}{k}": np.asarray(v)})
+  return out
+
+
+def result(workdir: str) -> dict:
+  best, _ = checkpoints.restore_best(workdir)
+  history = json.load(open(os.path.join(workdir, "history.json")))
+  return {"params": _leaves(best), "history": history}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  require(CHEST_XRAY)
+  return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_two_processes_equal_one_with_the_same_global_batch(config, cache, tmp_path):
+  one, two = str(tmp_path / "one"), str(tmp_path / "two")
+  (single,) = run_processes(config, one, cache, 1)
+  assert single.returncode == 0, single.stderr[-3000:]
+  procs = run_processes(config, two, cache, 2)
+  for p in procs:
+    assert p.returncode == 0, p.stderr[-3000:]
+  a, b = result(one), result(two)
+  for x, y in zip(a["history"], b["history"]):
+    assert x["phase"] == y["phase"] and x["epoch"] == y["epoch"]
+    for key in ("train_loss", "val_loss"):
+      assert y[key] == pytest.approx(x[key], rel=5e-3), (x["epoch"], key)
+  assert set(a["params"]) == set(b["params"])
+  for name, value in a["params"].items():
+    np.testing.assert_allclose(b["params"][name], value, atol=5e-3, err_msg=name)
+  # One set of files: one TensorBoard event file, no temporary files left behind.
+  assert len(os.listdir(os.path.join(two, "tensorboard"))) == 1
+  leftovers = [f for _, _, files in os.walk(two) for f in files if ".tmp" in f]
+  assert not leftovers, leftovers
+  for name in ("config.json", "history.json", "train_summary.json", "calibration.json",
+               "ood.npz"):
+    assert os.path.exists(os.path.join(two, name)), name
+
+
+def test_both_processes_killed_then_restarted_resume_to_the_same_result(cache, tmp_path):
+  config = CONFIGS[0]
+  reference, workdir = str(tmp_path / "reference"), str(tmp_path / "killed")
+  assert all(p.returncode == 0 for p in run_processes(config, reference, cache, 2))
+  procs = _start(config, workdir, cache, 2)
+  # kill -9 of the whole job once the first epoch's resume point is committed.
+  first = os.path.join(workdir, "checkpoints", "run", "1", "commit_success.txt")
+  deadline = time.time() + 300
+  while not os.path.exists(first) and time.time() < deadline:
+    time.sleep(0.05)
+  for p in procs:
+    p.send_signal(signal.SIGKILL)
+  killed = _wait(procs)
+  assert os.path.exists(first) and all(p.returncode == -9 for p in killed)
+  assert not os.path.exists(os.path.join(workdir, "train_summary.json"))
+  for p in run_processes(config, workdir, cache, 2):
+    assert p.returncode == 0, p.stderr[-3000:]
+  a, b = result(reference), result(workdir)
+  strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]
+  assert strip(a["history"]) == strip(b["history"])
+  for name, value in a["params"].items():
+    np.testing.assert_array_equal(b["params"][name], value, err_msg=name)
