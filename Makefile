@@ -59,3 +59,36 @@ REPORT_ARGS ?= --train_missing
 report: setup
 	$(PY) -m cxr_jax.tools.report --workdirs=$(WORKDIRS) --output=$(REPORT_DIR) \
 	  $(foreach e,$(EXTERNAL),--external=$(e)) $(REPORT_ARGS)
+
+# The seed study: 3 seeds of each of the five models, mean +- std of every metric
+# (workdirs/sweeps/study/SWEEP.md), then the report of their seed-0 workdirs.
+SEEDS ?= 0,1,2
+STUDY_ROOT ?= workdirs/sweeps/study
+STUDY_CONFIGS ?= configs/pca_logreg.py configs/cnn_baseline.py configs/cnn_v2.py \
+  configs/cnn_v3.py configs/mobilenet.py
+
+.PHONY: study
+study: setup
+	$(PY) -m cxr_jax.tools.sweep $(foreach c,$(STUDY_CONFIGS),--config=$(c)) --seeds=$(SEEDS) \
+	  --root=$(STUDY_ROOT)
+	$(PY) -m cxr_jax.tools.report --workdirs=$(STUDY_ROOT) --seed=0 \
+	  --output=$(STUDY_ROOT)/report $(foreach e,$(EXTERNAL),--external=$(e))
+
+# A trained workdir in users' hands: export, the local page, and the page in a real
+# browser (installs Debian's chromium and chromedriver, and selenium, first).
+WORKDIR ?= workdirs/mobilenet_v2
+
+.PHONY: export serve browser-check
+export: setup
+	$(PY) -m cxr_jax.tools.export --workdir=$(WORKDIR) $(ARGS)
+
+serve: setup
+	$(PY) -m cxr_jax.tools.serve --workdir=$(WORKDIR) $(ARGS)
+
+browser-check: setup
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+	$(PY) -m pip install --quiet selenium==4.52.0
+	$(PY) -m cxr_jax.tools.browser_check --workdir=$(WORKDIR) \
+	  --xray=$$(ls data/chest_xray/test/PNEUMONIA/* | head -1) \
+	  --photo=$$(ls data/imagenet_photos/*.jp* | head -1) --screenshot=docs/serve_screenshot.png

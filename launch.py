@@ -6,16 +6,17 @@
 
 if __name__ == "__main__":
   from cxr_jax.tools import malloc_tuning
-  malloc_tuning.reexec_with_tunables()  # Before the heavy imports: restarts once.
+  malloc_tuning.prepare_process()  # Before the heavy imports: may restart once.
 
-import os  # pylint: disable=g-import-not-at-top,wrong-import-position
+import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
+import os
 import shlex
 import sys
 import time
 
+import jax
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from cxr_jax import model_card
@@ -37,12 +38,41 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = FLAGS.config
   workdir = FLAGS.workdir or os.path.join("workdirs", config.name or config.model.name)
-  logging.info("Config:\n%s", config)
   os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    startup.log_to_file(os.path.join(workdir, "train.log"))
+  logging.getLogger("cxr_jax.details").info("Config:\n%s", config)
   workdir_lib.write_json(os.path.join(workdir, model_card.COMMAND_FILE), {
       "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
       "time": time.strftime("%Y-%m-%d %H:%M:%S")})
-  train.train_and_evaluate(config, workdir, FLAGS.allow_config_change)
+  start = time.time()
+  summary = train.train_and_evaluate(config, workdir, FLAGS.allow_config_change)
+  if jax.process_index() == 0:
+    print(next_steps(workdir, summary, time.time() - start), flush=True)
+
+
+def next_steps(workdir: str, summary: dict, seconds: float) -> str:
+  """What a new user sees when training ends: where the model is, how good, what next."""
+  v = summary["val"]
+  selected = summary.get("selection_metric") or "F1 (C for PCA)"
+  lines = [
+      "", f"Done in {seconds / 60:.1f} min. Model: {workdir} (best epoch "
+      f"{summary.get('best_epoch')} of {summary.get('epochs_run')}, selected by validation "
+      f"{selected}).",
+      f"  validation: log loss {v.get('loss', float('nan')):.4f}, ROC AUC "
+      f"{v['roc_auc'] or float('nan'):.4f}, F1 {v['f1']:.4f} and accuracy {v['accuracy']:.4f} "
+      "at 0.5",
+      f"  model card: {os.path.join(workdir, model_card.CARD_FILE)}; full log: "
+      f"{os.path.join(workdir, 'train.log')}",
+      "Next:",
+      f"  evaluate  python -m cxr_jax.tools.evaluate --workdir={workdir}",
+      f"  predict   python -m cxr_jax.tools.predict --workdir={workdir} scans/ "
+      "--output=preds.csv --gradcam_dir=overlays",
+      "  report    make report",
+      f"  export    python -m cxr_jax.tools.export --workdir={workdir}",
+      f"  serve     python -m cxr_jax.tools.serve --workdir={workdir}   (http://127.0.0.1:8000)",
+  ]
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -604,3 +604,32 @@ def depthwise_timings(batch: int = 8, size: int = 56, channels: int = 96, stride
       timings[name] = round(best * 1e3, 2)
     results[impl] = timings
   return results
+
+
+def _time_calls(fn: Callable, images: np.ndarray, repeats: int) -> float:
+  """Median seconds of fn(images) over `repeats` calls, after one warm-up call."""
+  jax.block_until_ready(fn(images))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(images))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def bench_exported(serving, runtimes: dict, image_shape: tuple[int, int, int],
+                   batch_size: int = 32, repeats: int = 20) -> dict:
+  """Latency of one image and images/s at `batch_size`: the JAX function and each runtime.
+
+  serving: export.Serving; runtimes: {name: export.Runtime}.
+  """
+  rng = np.random.default_rng(0)
+  one = rng.integers(0, 256, (1,) + tuple(image_shape), dtype=np.uint8)
+  many = rng.integers(0, 256, (batch_size,) + tuple(image_shape), dtype=np.uint8)
+  out = {}
+  for name, fn in {"jax": serving.fn, **runtimes}.items():
+    latency = _time_calls(fn, one, repeats)
+    batch = _time_calls(fn, many, max(3, repeats // 4))
+    out[name] = {"latency_ms": 1e3 * latency, "img_s": batch_size / batch,
+                 "batch_size": batch_size}
+  return out

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cxr_jax import models
+from cxr_jax import tf_import
 from cxr_jax.data import augment
 from cxr_jax.evaluation import fit
 
@@ -130,7 +131,7 @@ def export_onnx(serving: Serving, path: str) -> str:
 
 def export_saved_model(serving: Serving, path: str) -> str:
   """A TensorFlow SavedModel (jax2tf, native serialization) with a dynamic batch."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf = tf_import.tensorflow()
   from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
   converted = jax2tf.convert(serving.fn, polymorphic_shapes=["(b, ...)"], with_gradient=False)
   module = tf.Module()
@@ -145,7 +146,7 @@ def export_saved_model(serving: Serving, path: str) -> str:
 
 def export_tflite(saved_model: str, path: str, int8_weights: bool = False) -> str:
   """A LiteRT flatbuffer of a SavedModel; int8_weights: dynamic-range weight quantisation."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf = tf_import.tensorflow()
   converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
   converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS,
                                          tf.lite.OpsSet.SELECT_TF_OPS]
@@ -170,11 +171,11 @@ class Runtime:
       self._session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
       self._call = self._onnx
     elif path.endswith(".tflite"):
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      tf = tf_import.tensorflow()
       self._interpreter = tf.lite.Interpreter(model_path=path)
       self._call = self._tflite
     else:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      tf = tf_import.tensorflow()
       self._fn = tf.saved_model.load(path).signatures["serving_default"]
       self._call = self._saved_model
 

@@ -33,7 +33,9 @@ from cxr_jax import data as data_lib
 from cxr_jax import faults
 from cxr_jax import model_card
 from cxr_jax import models
+from cxr_jax import progress as progress_lib
 from cxr_jax import sharding
+from cxr_jax import tf_import
 from cxr_jax import train_step as steps
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.data import augment
@@ -45,6 +47,8 @@ from cxr_jax.evaluation import predictor as predictor_lib
 from cxr_jax.models import pca_logreg
 
 CONFIG_HISTORY_FILE = "config_history.json"
+# Per-step lines go to the workdir's log file; the console shows one line per epoch.
+STEP_LOG = logging.getLogger("cxr_jax.steps")
 # Settings that change no number of the run: a resumed workdir may differ in them.
 OPERATIONAL_KEYS = ("log_every_steps", "eval_batch_size")
 
@@ -159,9 +163,9 @@ def cached_features(model, variables, train_data, val_data, batch_size: int, mes
   """
   features_fn = make_features_fn(model)
   start = time.time()
-  out = [dataclasses.replace(d, images=inference.predict_batched(features_fn, variables,
-                                                                 d.images, batch_size, mesh))
-         for d in (train_data, val_data)]
+  out = [dataclasses.replace(d, images=inference.predict_batched(
+      features_fn, variables, d.images, batch_size, mesh, desc=f"caching {name} features"))
+         for d, name in ((train_data, "train"), (val_data, "validation"))]
   seconds = time.time() - start
   logging.info("Cached backbone features of %d train + %d validation images (%d-d) in %.1fs; "
                "the head trains on them without augmentation.", len(train_data),
@@ -240,6 +244,7 @@ def _summary_writer(workdir: str):
   if jax.process_index() != 0:  # One set of files, however many processes.
     return None
   try:
+    tf_import.tensorflow()  # The summary writer needs it: imported quietly first.
     from flax.metrics import tensorboard  # pylint: disable=g-import-not-at-top
   except ImportError as e:  # It needs TensorFlow, which accelerator images may lack.
     logging.warning("No TensorBoard summaries (%s); history.json has every number.", e)
@@ -265,15 +270,17 @@ def _train_epoch(run: Run, phase, state, train_step, train_data) -> tuple[object
   steps_per_epoch = len(train_data) // config.batch_size
   epoch_start = time.time()
   device_metrics = []
-  for step_in_epoch, batch in enumerate(batches.train_batches(
-      train_data, config.batch_size, config.seed, progress.global_epoch)):
+  epoch_batches = progress_lib.bar(
+      batches.train_batches(train_data, config.batch_size, config.seed, progress.global_epoch),
+      steps_per_epoch, f"epoch {progress.global_epoch + 1} ({phase.name})", unit="step")
+  for step_in_epoch, batch in enumerate(epoch_batches):
     state, step_metrics = train_step(state, sharding.shard_batch(batch, run.mesh), run.rng)
     device_metrics.append(step_metrics)  # Stays on device until the next log step.
     faults.point("step")
     if (step_in_epoch + 1) % config.log_every_steps == 0:
       recent = _fetch_mean(device_metrics[-config.log_every_steps:])
       _check_finite(recent, run)
-      logging.info("  epoch %d step %d/%d: loss %.4f, accuracy %.3f (%.1f img/s)",
+      STEP_LOG.info("  epoch %d step %d/%d: loss %.4f, accuracy %.3f (%.1f img/s)",
                    progress.global_epoch + 1, step_in_epoch + 1, steps_per_epoch,
                    recent["loss"], recent["accuracy"],
                    (step_in_epoch + 1) * config.batch_size / (time.time() - epoch_start))

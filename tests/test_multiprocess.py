@@ -41,9 +41,12 @@ def _command(config: str, workdir: str) -> list[str]:
 
 
 def _env(cache: str) -> dict:
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": cache,
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-  env.pop(faults.KILL_AT, None)
+  # No persistent compilation cache here: processes of one job that loaded each other's
+  # cached executables deadlocked in their first collective (seen with gloo on CPU).
+  del cache
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  for key in (faults.KILL_AT, "JAX_COMPILATION_CACHE_DIR"):
+    env.pop(key, None)
   return env
 
 

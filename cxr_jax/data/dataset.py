@@ -21,7 +21,12 @@ import numpy as np
 from cxr_jax.data import decode
 from cxr_jax.data import splits
 
-UNLABELLED = -1  # The label of images read without one (predict, label-free adaptation).
+UNLABELLED = -1
+
+
+def _bar(iterable, total: int, desc: str):
+  from cxr_jax import progress  # pylint: disable=g-import-not-at-top  # tqdm only when decoding.
+  return progress.bar(iterable, total, desc[:40], unit="img")  # The label of images read without one (predict, label-free adaptation).
 
 
 @dataclasses.dataclass
@@ -92,8 +97,7 @@ def decode_examples(examples: Sequence[splits.Example], prep: decode.Preprocess,
   errors: list[str] = []
   start = time.time()
   results = imap(_decode, [ex.path for ex in examples])
-  if progress is not None:
-    results = progress(results, len(examples), f"decoding {description}")
+  results = (progress or _bar)(results, len(examples), f"decoding {description}")
   for i, (image, error) in enumerate(results):
     if image is not None:
       images[i] = image

@@ -41,9 +41,8 @@ from typing import Iterable, Sequence
 from absl import logging
 import numpy as np
 from PIL import Image
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
+from cxr_jax import tf_import
 from cxr_jax.data import dataset
 from cxr_jax.data import decode
 from cxr_jax.data import splits
@@ -57,6 +56,8 @@ except ImportError:
   sys.modules["importlib_resources"] = importlib.resources
 
 DEFAULT_TFDS_DATA_DIR = "data/tensorflow_datasets"
+tf = tf_import.tensorflow()
+tfds = tf_import.tensorflow_datasets()
 SPLITS = splits.SPLITS
 # Files named per kind of change in error messages (all are in the exception's fields).
 _MAX_NAMES_SHOWN = 20

@@ -7,12 +7,13 @@ from typing import Callable
 import jax
 import numpy as np
 
+from cxr_jax import progress
 from cxr_jax import sharding
 from cxr_jax.data import batches
 
 
 def predict_batched(fn: Callable, variables, images: np.ndarray, batch_size: int,
-                    mesh=None):
+                    mesh=None, desc: str | None = None):
   """fn(variables, uint8 batch) for every image, in order, padding masked out.
 
   fn returns an array or a tuple of arrays with the batch as first axis; so does this.
@@ -21,7 +22,10 @@ def predict_batched(fn: Callable, variables, images: np.ndarray, batch_size: int
   if len(images) == 0:
     raise ValueError("No images to predict.")
   outputs = []
-  for batch in batches.eval_batches(images, batch_size):
+  batch_iter = batches.eval_batches(images, batch_size)
+  if desc:
+    batch_iter = progress.bar(batch_iter, -(-len(images) // batch_size), desc, unit="batch")
+  for batch in batch_iter:
     x = batch["image"]
     if mesh is not None:
       x = sharding.shard_batch({"image": x}, mesh)["image"]

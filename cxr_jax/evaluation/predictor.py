@@ -116,8 +116,9 @@ class FlaxPredictor(Predictor):
 
   def predict(self, images: np.ndarray) -> Output:
     self.check_images(images)
-    probs, features = inference.predict_batched(self._fn, self.variables, images,
-                                                self.batch_size, self.mesh)
+    probs, features = inference.predict_batched(
+        self._fn, self.variables, images, self.batch_size, self.mesh,
+        desc=f"scoring {len(images)} images" if len(images) > 1000 else None)
     return Output(probs, features)
 
   @property

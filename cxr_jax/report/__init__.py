@@ -164,6 +164,19 @@ def _gradcams(report: dict, predictors: dict, cache, mode: str) -> tuple[dict, l
   return items, notes
 
 
+def _sweep_spread(entries) -> dict:
+  """{model name: sweep aggregate} when the entries are seed_N workdirs of a sweep."""
+  out = {}
+  for entry in entries:
+    parent = os.path.dirname(os.path.normpath(entry.workdir))
+    if not os.path.basename(os.path.normpath(entry.workdir)).startswith("seed_"):
+      continue
+    sweep = workdir_lib.read_json(os.path.join(os.path.dirname(parent), "sweep.json"), {})
+    if entry.name in sweep:
+      out[entry.name] = sweep[entry.name]["aggregate"]
+  return out
+
+
 def _refresh_model_card(r: dict) -> None:
   """The model's test and external results into its workdir, then its MODEL_CARD.md."""
   try:
@@ -196,6 +209,7 @@ def build_report(entries: Sequence[collect.Entry], output_dir: str,
   if best:
     collect.log_progress(f"best model by validation F1: {best}")
   report = {"results": results, "statuses": statuses, "best": best, "externals": externals,
+            "seeds": _sweep_spread(entries),
             "target_sensitivity": target_sensitivity, "max_per_class": max_per_class,
             "n_boot": n_boot, "command": command,
             "generated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M")}

@@ -18,6 +18,7 @@ from PIL import Image
 from sklearn import metrics as skm
 
 from cxr_jax import data as data_lib
+from cxr_jax import progress
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.data import decode
 from cxr_jax.data import dicom
@@ -37,8 +38,10 @@ class Entry:
   config: object = None  # ml_collections config; None: the report never trains it.
 
 
-def entries_from_configs(configs, workdirs: str) -> list[Entry]:
+def entries_from_configs(configs, workdirs: str, seed: int | None = None) -> list[Entry]:
   """One Entry per training config, its workdir `<workdirs>/<config.name>`.
+
+  seed: a sweep's layout instead, `<workdirs>/<config.name>/seed_<seed>`.
 
   A config whose pretrained weights file is missing is left out unless its workdir
   exists (an optional model this machine cannot train).
@@ -46,6 +49,8 @@ def entries_from_configs(configs, workdirs: str) -> list[Entry]:
   out = []
   for config in configs:
     workdir = os.path.join(workdirs, config.name)
+    if seed is not None:
+      workdir = os.path.join(workdir, f"seed_{seed}")
     weights = config.model.get("weights", "")
     if weights.endswith(".h5") and not os.path.exists(weights) and not os.path.isdir(workdir):
       continue
@@ -299,7 +304,7 @@ def collect_all(entries: Sequence[Entry], externals: dict[str, str], cache: Data
                 train_fn: Callable | None = None) -> tuple[list, list, dict]:
   """(statuses, results, predictors by name) of every entry; one broken workdir is skipped."""
   statuses, results, predictors = [], [], {}
-  for entry in entries:
+  for entry in progress.bar(entries, len(entries), "report", unit="model"):
     status = ensure_trained(entry, train_missing, train_fn)
     statuses.append(status)
     log_progress(f"{entry.name}: {status['reason']}")

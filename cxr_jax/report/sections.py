@@ -180,6 +180,29 @@ def render_comparison(report: dict, figs: dict) -> list[str]:
                   img(figs.get("confusion"), "confusion matrices on test")]
 
 
+def render_seeds(report: dict, figs: dict) -> list[str]:
+  """Mean ± standard deviation over seeds, from the sweep the workdirs belong to."""
+  del figs
+  seeds = report.get("seeds") or {}
+  if not seeds:
+    return []
+  columns = (("validation/0.5/loss", "val log loss"), ("test/0.5/accuracy", "test accuracy"),
+             ("test/0.5/f1", "test F1"), ("test/0.5/roc_auc", "test ROC AUC"),
+             ("test/validation_threshold/accuracy", "test accuracy @ val-F1 thr"),
+             ("test/validation_threshold/specificity", "test specificity @ val-F1 thr"))
+  lines = ["## Spread over seeds\n",
+           "Mean ± standard deviation over the sweep's seeds (test at 0.5 and at the "
+           "validation-F1 threshold; reported, never used to choose).\n",
+           "| model | seeds | " + " | ".join(c for _, c in columns) + " |",
+           "|---|---|" + "---|" * len(columns)]
+  for name, agg in seeds.items():
+    n = max((v["n"] for v in agg.values()), default=0)
+    cells = [f"{agg[k]['mean']:.3f} ± {agg[k]['std']:.3f}" if k in agg else "–"
+             for k, _ in columns]
+    lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
+  return lines + [""]
+
+
 def render_operating_points(report: dict, figs: dict) -> list[str]:
   del figs
   results, target = report["results"], report["target_sensitivity"]
@@ -349,7 +372,7 @@ def render_ood(report: dict, figs: dict) -> list[str]:
 
 
 SECTIONS = (render_header, render_goal, render_data, render_models, render_comparison,
-            render_operating_points, render_calibration, render_ood, render_training,
+            render_seeds, render_operating_points, render_calibration, render_ood, render_training,
             render_gradcam, render_externals)
 
 

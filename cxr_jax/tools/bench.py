@@ -10,10 +10,11 @@ See `cxr_jax.benchmarking` for what each number measures.
 
 if __name__ == "__main__":
   from cxr_jax.tools import malloc_tuning
-  malloc_tuning.reexec_with_tunables()  # Before the heavy imports: restarts once.
+  malloc_tuning.prepare_process()  # Before the heavy imports: may restart once.
 
 import functools  # pylint: disable=g-import-not-at-top,wrong-import-position
 import json
+import os
 import sys
 
 from absl import app
@@ -44,6 +45,9 @@ flags.DEFINE_integer("eval_images", None, "> 0: time evaluating that many.")
 flags.DEFINE_integer("eval_batch_size", None, "Evaluation batch size.")
 flags.DEFINE_integer("pipeline_images", None, "Images of the input-pipeline timing.")
 flags.DEFINE_bool("depthwise", False, "Only time the two depthwise forms.")
+flags.DEFINE_string("export_dir", None, "Only time a workdir's exported files (the output of "
+                    "tools/export) against its JAX function; --workdir names the workdir.")
+flags.DEFINE_string("workdir", None, "With --export_dir: the exported workdir.")
 flags.DEFINE_string("json", "", "Also write the result dict here.")
 FLAGS = flags.FLAGS
 
@@ -53,11 +57,30 @@ def _setting(name: str):
   return benchmarking.PRESETS[FLAGS.preset][name] if value is None else value
 
 
+def _exported() -> dict:
+  from cxr_jax import export  # pylint: disable=g-import-not-at-top
+  from cxr_jax.evaluation import fit  # pylint: disable=g-import-not-at-top
+  from cxr_jax.evaluation import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
+  if not FLAGS.workdir:
+    raise app.UsageError("--export_dir needs --workdir.")
+  predictor = predictor_lib.load_predictor(FLAGS.workdir)
+  serving = export.serving_function(predictor, fit.load_or_fit(predictor))
+  names = {"onnx": "model.onnx", "saved_model": "saved_model", "tflite": "model.tflite",
+           "tflite_int8": "model_int8.tflite"}
+  runtimes = {k: export.Runtime(os.path.join(FLAGS.export_dir, v)) for k, v in names.items()
+              if os.path.exists(os.path.join(FLAGS.export_dir, v))}
+  return benchmarking.bench_exported(serving, runtimes, serving.shape,
+                                     FLAGS.batch_size or 32)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if FLAGS.depthwise:
     result = {"depthwise": benchmarking.depthwise_timings()}
+    print(json.dumps(result, indent=2))
+  elif FLAGS.export_dir:
+    result = {"exported": _exported()}
     print(json.dumps(result, indent=2))
   else:
     alphas = _setting("alphas")

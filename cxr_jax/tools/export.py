@@ -11,7 +11,7 @@ function and prints the parity (written to <output_dir>/parity.json).
 
 if __name__ == "__main__":
   from cxr_jax.tools import malloc_tuning
-  malloc_tuning.reexec_with_tunables()  # Before the heavy imports: restarts once.
+  malloc_tuning.prepare_process()  # Before the heavy imports: may restart once.
 
 import json  # pylint: disable=g-import-not-at-top,wrong-import-position
 import os

@@ -52,6 +52,14 @@ def needs_reexec(environ: Mapping[str, str], system: str | None = None,
   return tunables_value(current) != current
 
 
+def prepare_process() -> None:
+  """What every command does first: quiet native start-up logs, then the malloc settings."""
+  # TensorFlow's C++ start-up lines (oneDNN, CPU features) are printed when it is
+  # imported, before any Python logging is set up; real errors still show.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  reexec_with_tunables()
+
+
 def reexec_with_tunables() -> None:
   """Re-executes this command with the tunables set, if they are missing (else returns).
 

@@ -6,7 +6,7 @@
 
 if __name__ == "__main__":
   from cxr_jax.tools import malloc_tuning
-  malloc_tuning.reexec_with_tunables()  # Before the heavy imports: restarts once.
+  malloc_tuning.prepare_process()  # Before the heavy imports: may restart once.
 
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags

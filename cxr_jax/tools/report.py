@@ -9,7 +9,7 @@ Each config of --configs is one model, its workdir `<workdirs>/<config.name>`;
 
 if __name__ == "__main__":
   from cxr_jax.tools import malloc_tuning
-  malloc_tuning.reexec_with_tunables()  # Before the heavy imports: restarts once.
+  malloc_tuning.prepare_process()  # Before the heavy imports: may restart once.
 
 import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
 import time
@@ -31,6 +31,8 @@ flags.DEFINE_string("workdirs", "workdirs", "Folder holding one workdir per conf
 flags.DEFINE_list("configs", list(COMPARISON_CONFIGS), "The models of the report, as config "
                   "files; a config whose pretrained weights file is missing is left out "
                   "unless its workdir exists.")
+flags.DEFINE_integer("seed", None, "A sweep's workdirs: <workdirs>/<config name>/seed_<seed>; "
+                     "the sweep's spread over seeds (<workdirs>/sweep.json) is reported too.")
 flags.DEFINE_string("output", "reports/latest", "Where REPORT.md, report.json and figures go.")
 flags.DEFINE_multi_string("external", [], "name=path of a NORMAL/ + PNEUMONIA/ folder to "
                           "score with the validation-chosen settings; repeatable.")
@@ -53,7 +55,7 @@ def main(argv):
   start = time.time()
   report.build_report(
       collect.entries_from_configs([config_files.load(c) for c in FLAGS.configs],
-                                   FLAGS.workdirs), FLAGS.output,
+                                   FLAGS.workdirs, FLAGS.seed), FLAGS.output,
       collect.parse_externals(FLAGS.external), FLAGS.train_missing, train.train_and_evaluate,
       FLAGS.target_sensitivity, FLAGS.sizes_dir, FLAGS.max_per_class, FLAGS.n_boot,
       FLAGS.gradcam, command="python -m cxr_jax.tools.report " + " ".join(sys.argv[1:]))

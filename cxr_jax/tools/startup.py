@@ -17,6 +17,7 @@ from typing import Callable
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 
 from cxr_jax import sharding
 from cxr_jax.tools import malloc_tuning
@@ -30,24 +31,45 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with -
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --distributed).")
 flags.DEFINE_integer("process_id", None, "This process's id, 0..num_processes-1.")
 
-# Orbax logs every save/restore step at INFO; keep its warnings, drop the chatter.
-_QUIET_PACKAGES = (os.sep + "orbax" + os.sep, os.sep + "jax" + os.sep + "_src" + os.sep)
+_OURS = (os.sep + "cxr_jax" + os.sep, os.sep + "launch.py")
+# Loggers whose INFO lines go to the workdir's log file only.
+_FILE_ONLY = ("cxr_jax.steps", "cxr_jax.details")
 
 
-class _DropLibraryInfo(logging.Filter):
+class _ConsoleFilter(logging.Filter):
+  """On the console: this project's INFO lines (not per-step ones) and everyone's warnings."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno >= logging.WARNING:
       return True
-    return not any(p in record.pathname for p in _QUIET_PACKAGES)
+    return (any(p in record.pathname for p in _OURS)
+            and not record.name.startswith(_FILE_ONLY))
+
+
+class _ConciseFormatter(logging.Formatter):
+
+  def format(self, record: logging.LogRecord) -> str:
+    text = super().format(record)
+    return text if record.levelno < logging.WARNING else f"{record.levelname}: {text}"
 
 
 def setup_logging() -> None:
-  """INFO for cxr_jax, warnings only for Orbax/JAX internals; TensorFlow's C++ logs muted."""
+  """Concise console lines (time and message) for this project; libraries' INFO muted."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
-    handler.addFilter(_DropLibraryInfo())
+  handler = absl_logging.get_absl_handler()
+  handler.setFormatter(_ConciseFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
+  handler.addFilter(_ConsoleFilter())
   logging.getLogger("absl").setLevel(logging.INFO)
+  logging.getLogger().setLevel(logging.INFO)
+
+
+def log_to_file(path: str) -> None:
+  """Every INFO line, with absl's full prefix, appended to `path` (a workdir's log)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  handler = logging.FileHandler(path)
+  handler.setFormatter(absl_logging.PythonFormatter())
+  handler.setLevel(logging.INFO)
+  logging.getLogger().addHandler(handler)
 
 
 def one_line(error: BaseException) -> str:
@@ -60,7 +82,9 @@ def one_line(error: BaseException) -> str:
 
 def _guarded(main: Callable, resume_hint: str | None) -> Callable:
   def wrapped(argv):
-    if not flags.FLAGS.verbose:
+    if flags.FLAGS.verbose:
+      os.environ["CXR_JAX_VERBOSE"] = "1"
+    else:
       setup_logging()
     try:
       if flags.FLAGS.distributed:
@@ -82,5 +106,5 @@ def _guarded(main: Callable, resume_hint: str | None) -> Callable:
 
 def run(main: Callable, resume_hint: str | None = None) -> None:
   """Restarts once with the malloc settings, then runs `main` under absl with clean errors."""
-  malloc_tuning.reexec_with_tunables()
+  malloc_tuning.prepare_process()
   app.run(_guarded(main, resume_hint))

@@ -10,7 +10,7 @@ Re-running the same command resumes: finished runs are reused.
 
 if __name__ == "__main__":
   from cxr_jax.tools import malloc_tuning
-  malloc_tuning.reexec_with_tunables()  # Before the heavy imports: restarts once.
+  malloc_tuning.prepare_process()  # Before the heavy imports: may restart once.
 
 import time  # pylint: disable=g-import-not-at-top,wrong-import-position
 

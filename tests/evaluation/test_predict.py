@@ -76,9 +76,14 @@ def test_predict_files_dicom_errors_gradcam_and_cached_calibration(workdirs, tmp
   for name in ("a.jpeg", "b.png", "same.png", "scan.dcm"):
     row = rows[name]
     assert row["error"] == "" and 0.0 <= float(row["probability"]) <= 1.0
-    assert row["label"] in ("0", "1") and row["operating_point"] == "val_f1"
-    assert (float(row["raw_probability"]) >= float(row["raw_threshold"])) == (row["label"] == "1")
-    assert row["label_name"] == ("PNEUMONIA" if row["label"] == "1" else "NORMAL")
+    assert row["operating_point"] == "0.5"  # The config's default rule.
+    if row["in_distribution"] == "1":
+      assert row["label"] in ("0", "1")
+      assert (float(row["raw_probability"]) >= float(row["raw_threshold"])) == (
+          row["label"] == "1")
+      assert row["label_name"] == ("PNEUMONIA" if row["label"] == "1" else "NORMAL")
+    else:  # Unlike the training images: no diagnosis, the probability kept.
+      assert row["label"] == "" and row["label_name"] == predict.OUT_OF_DISTRIBUTION
     with Image.open(row["gradcam"]) as im:
       assert im.format == "PNG"
   # The DICOM file is seen exactly like the PNG of the same pixels.
@@ -87,7 +92,7 @@ def test_predict_files_dicom_errors_gradcam_and_cached_calibration(workdirs, tmp
     assert rows[name]["error"] and rows[name]["probability"] == "" and rows[name]["label"] == ""
   cal = json.load(open(cal_path))
   assert cal["temperature"] > 0 and "0.95" in cal["sensitivity_thresholds"]
-  assert float(rows["a.jpeg"]["raw_threshold"]) == pytest.approx(cal["val_f1_threshold"])
+  assert float(rows["a.jpeg"]["raw_threshold"]) == pytest.approx(cal["operating_points"]["0.5"])
 
   # Second call: the cached calibration is used, not refitted.
   def no_refit(*args, **kwargs):

@@ -55,7 +55,7 @@ def test_class_weights_balance_the_classes():
 
 def test_mobilenet_head_phase_trains_only_the_head():
   from configs import mobilenet
-  config = mobilenet.get_config()
+  config = mobilenet.get_config("v1")  # Its fine-tuning phase trains the last 6 blocks.
   model = models.create_model(config.model)
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))["params"]
   head, fine_tune = [train.get_phases(config)[i] for i in (0, 1)]

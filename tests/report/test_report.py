@@ -128,7 +128,7 @@ def test_report_end_to_end(workdirs, chest_xray_dir, fullres_dir, tmp_path):
         calibration.fit_temperature(labels, calibration.probs_to_logits(probs)), rel=1e-3)
     assert r["thresholds"]["sensitivity"] == pytest.approx(
         calibration.threshold_for_sensitivity(labels, probs, 0.95))
-    assert r["validation"]["at_sensitivity"]["recall"] >= 0.95
+    assert r["validation"][r["sensitivity_point"]]["recall"] >= 0.95
     test_paths = scoring.prediction_arrays(r["test"]["predictions"])[0]
     assert not set(val_paths) & set(test_paths)
 
