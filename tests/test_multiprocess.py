@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -52,23 +53,31 @@ def _env(cache: str) -> dict:
 
 def _start(config: str, workdir: str, cache: str, n: int) -> list[subprocess.Popen]:
   port = _free_port()
-  return [subprocess.Popen(
-      _command(config, workdir) + ["--distributed", f"--coordinator_address=127.0.0.1:{port}",
-                                   f"--num_processes={n}", f"--process_id={i}"],
-      cwd=REPO, env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True) for i in range(n)]
+  procs = []
+  for i in range(n):
+    # Output to files, not pipes: a full pipe nobody reads would stop the process.
+    log = tempfile.TemporaryFile("w+")
+    p = subprocess.Popen(
+        _command(config, workdir) + ["--distributed", f"--coordinator_address=127.0.0.1:{port}",
+                                     f"--num_processes={n}", f"--process_id={i}"],
+        cwd=REPO, env=_env(cache), stdout=log, stderr=subprocess.STDOUT, text=True)
+    p.log = log
+    procs.append(p)
+  return procs
 
 
 def _wait(procs: list[subprocess.Popen]) -> list[subprocess.CompletedProcess]:
   out = []
   for p in procs:
     try:
-      stdout, stderr = p.communicate(timeout=600)
+      p.wait(timeout=600)
     except subprocess.TimeoutExpired:
       for q in procs:
         q.kill()
       raise
-    out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    p.log.seek(0)
+    out.append(subprocess.CompletedProcess(p.args, p.returncode, "", p.log.read()))
+    p.log.close()
   return out
 
 
@@ -132,7 +141,8 @@ def test_both_processes_killed_then_restarted_resume_to_the_same_result(cache, t
   assert all(p.returncode == 0 for p in run_processes(config, reference, cache, 2))
   procs = _start(config, workdir, cache, 2)
   # kill -9 of the whole job once the first epoch's resume point is committed.
-  first = os.path.join(workdir, "checkpoints", "run", "1", "commit_success.txt")
+  # A step folder gets its final name only once committed (written under a temporary one).
+  first = os.path.join(workdir, "checkpoints", "run", "1", "_CHECKPOINT_METADATA")
   deadline = time.time() + 300
   while not os.path.exists(first) and time.time() < deadline:
     time.sleep(0.05)

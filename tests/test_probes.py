@@ -237,17 +237,20 @@ def test_evaluate_to_an_unwritable_place_fails_before_the_work(tmp_path):
 def test_ctrl_c_stops_cleanly_and_says_where_to_resume(tmp_path):
   require(CHEST_XRAY)
   workdir = tmp_path / "w"
+  log = open(tmp_path / "log.txt", "w+")  # A file, not a pipe nobody reads while waiting.
   proc = subprocess.Popen(
       [sys.executable, "launch.py", "--config=configs/cnn_v3.py:debug",
        "--config.data.source=folder", f"--config.data.data_dir={CHEST_XRAY}",
        "--config.num_epochs=200", f"--workdir={workdir}"],
-      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
       env={**os.environ, "JAX_PLATFORMS": "cpu"})
   deadline = time.time() + 240
   while time.time() < deadline and not (workdir / "history.json").exists():
     time.sleep(0.5)
   assert (workdir / "history.json").exists(), "no epoch finished in time"
   proc.send_signal(signal.SIGINT)
-  _, stderr = proc.communicate(timeout=120)
+  proc.wait(timeout=120)
+  log.seek(0)
+  stderr = log.read()
   assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
   assert "Interrupted" in stderr and "resumes" in stderr

@@ -47,8 +47,11 @@ class _ConsoleFilter(logging.Filter):
 
 
 class _ConciseFormatter(logging.Formatter):
+  """Time and message; libraries' tracebacks stay in the log file (--verbose shows them)."""
 
   def format(self, record: logging.LogRecord) -> str:
+    record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None,
+                                    "stack_info": None})
     text = super().format(record)
     return text if record.levelno < logging.WARNING else f"{record.levelname}: {text}"
 
