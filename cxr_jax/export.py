@@ -42,8 +42,19 @@ class Serving:
 
 def _ood_score(detector, features):
   """ood.Detector.score, in jnp (the same formulas: see evaluation/ood.py)."""
-  a = {k: jnp.asarray(v) for k, v in detector.arrays.items()}
-  if detector.kind == "mahalanobis":
+  scores, start = [], 0
+  for i, width in enumerate(detector.layout):
+    a = {k[len(f"l{i}_"):]: v for k, v in detector.arrays.items() if k.startswith(f"l{i}_")}
+    block = jax.lax.slice_in_dim(features, start, start + width, axis=1)  # No gather: LiteRT.
+    scores.append(_layer_score(detector.kind, a, block) / a["scale"])
+    start += width
+  return jnp.max(jnp.stack(scores, axis=1), axis=1)
+
+
+def _layer_score(kind: str, a: dict, features):
+  k = int(a.get("k", 0))
+  a = {key: jnp.asarray(v) for key, v in a.items()}
+  if kind == "mahalanobis":
     best = None
     for mean in a["means"]:
       y = features - mean - a["centre"]
@@ -53,13 +64,13 @@ def _ood_score(detector, features):
       d = inside + residual / a["noise_variance"]
       best = d if best is None else jnp.minimum(best, d)
     return best / features.shape[1]
-  if detector.kind == "knn":
+  if kind == "knn":
     q = features @ a["components"].T
     q = q / jnp.maximum(jnp.linalg.norm(q, axis=1, keepdims=True), 1e-12)
     similarity = q @ a["bank"].T
-    kth = jax.lax.top_k(similarity, int(detector.arrays["k"]))[0][:, -1]
+    kth = jax.lax.top_k(similarity, k)[0][:, -1]
     return 1.0 - kth
-  raise ValueError(f"No export for the {detector.kind} detector.")
+  raise ValueError(f"No export for the {kind} detector.")
 
 
 def metadata(predictor, fitted: fit.Fitted) -> dict:

@@ -27,7 +27,7 @@ from cxr_jax.evaluation import ood
 from cxr_jax.evaluation import scoring
 
 DEFAULT_TARGET_SENSITIVITY = 0.95
-VERSION = 2  # Bumped when what is fitted changes: older caches are refitted.
+VERSION = 3  # Bumped when what is fitted changes: older caches are refitted.
 OOD_FILE = "ood.npz"
 
 
@@ -136,13 +136,14 @@ def _load_detector(workdir: str, cal: dict) -> ood.Detector | None:
 def fit_detector(predictor, val_features, train=None) -> ood.Detector:
   """The configured detector, fitted on the training split; threshold from validation."""
   settings = ood_settings(predictor.config)
-  detector = predictor.own_detector()
+  train = train if train is not None else data_lib.load(predictor.config.data, "train")
+  train_features = predictor.predict(train.images).features
+  detector = predictor.own_detector(train_features)
   if detector is None:
-    train = train if train is not None else data_lib.load(predictor.config.data, "train")
     logging.info("Fitting the %s out-of-distribution detector on %d training images.",
                  settings["kind"], len(train))
-    detector = ood.fit(settings["kind"], predictor.predict(train.images).features,
-                       train.labels, settings["dims"], settings["k"])
+    detector = ood.fit(settings["kind"], train_features, train.labels,
+                       predictor.feature_layout, settings["dims"], settings["k"])
   detector.set_threshold(detector.score(val_features), settings["accept"])
   return detector
 

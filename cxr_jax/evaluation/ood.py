@@ -1,8 +1,12 @@
 """Out-of-distribution score: how unlike the training split an image's features are.
 
-Detectors, fitted on the training split's features (`Predictor.predict(...).features`:
-the model's last feature map pooled to a 2x2 grid, so position matters), with the
-acceptance threshold a quantile of the validation split's scores:
+Detectors are fitted on the training split's features (`Predictor.predict(...).features`:
+the model's feature maps at several depths, each pooled to a 2x2 grid so position
+matters), one per depth, and combined: an image's score is the largest of its per-depth
+scores, each divided by its median on the training split, so an image unusual in its
+low-level statistics (inverted, blurred) or in its meaning (a photo, a page of text) is
+far whatever the depth that sees it. The acceptance threshold is a quantile of the
+validation split's scores. Per depth:
 
   "mahalanobis"  A Gaussian per class with one shared covariance (Lee et al. 2018),
                  the covariance a probabilistic PCA (Tipping & Bishop 1999): the top
@@ -13,8 +17,11 @@ acceptance threshold a quantile of the validation split's scores:
   "knn"          Distance to the k-th nearest training image (Sun et al. 2022), cosine
                  of the features projected (uncentred, as the raw features are
                  normalised there) on the top `dims` principal directions.
-  "pca_reconstruction"  For PCA + logistic regression (features are pixels): the mean
-                 squared error of the model's own PCA reconstruction.
+  "pca_reconstruction"  For PCA + logistic regression (features are pixels): the
+                 model's own PCA as a probabilistic PCA, i.e. its reconstruction error
+                 over the noise variance plus the whitened distance inside the subspace,
+                 scored two-sided (|log| of its ratio to the training median): a blank or
+                 blurred image fits a Gaussian of pixels *too* well (Nalisnick et al. 2019).
 
 Nothing is fitted on test or on any out-of-distribution images.
 """
@@ -28,10 +35,16 @@ import numpy as np
 from sklearn.decomposition import PCA
 
 KINDS = ("mahalanobis", "knn", "pca_reconstruction")
+TWO_SIDED = ("pca_reconstruction",)
 DEFAULT_ACCEPT = 0.99
 DEFAULT_DIMS = 256
 DEFAULT_K = 10
 _CHUNK = 1024
+
+
+def _prefix(arrays: dict, i: int) -> dict:
+  p = f"l{i}_"
+  return {k[len(p):]: v for k, v in arrays.items() if k.startswith(p)}
 
 
 @dataclasses.dataclass
@@ -41,12 +54,33 @@ class Detector:
   threshold: float | None = None  # Scores above it are out of distribution.
   accept: float | None = None  # The validation quantile the threshold is.
 
+  @property
+  def layout(self) -> list[int]:
+    return [int(v) for v in self.arrays["layout"]]
+
+  def layer_scores(self, features: np.ndarray) -> np.ndarray:
+    """[N, depths] per-depth scores, each divided by its training median."""
+    features = np.asarray(features, np.float32)
+    if features.ndim != 2 or features.shape[1] != sum(self.layout):
+      raise ValueError(f"The detector expects {sum(self.layout)} features per image; got "
+                       f"shape {features.shape}.")
+    out, start = [], 0
+    for i, width in enumerate(self.layout):
+      block, arrays = features[:, start:start + width], _prefix(self.arrays, i)
+      ratio = np.concatenate([_SCORERS[self.kind](arrays, block[j:j + _CHUNK])
+                              for j in range(0, len(block), _CHUNK)]) / arrays["scale"]
+      # A likelihood is also atypical when too high (a blank image is "likelier" than any
+      # X-ray under a Gaussian of pixels): two-sided, as a typicality test.
+      out.append(np.abs(np.log(np.maximum(ratio, 1e-12))) if self.kind in TWO_SIDED
+                 else ratio)
+      start += width
+    return np.stack(out, axis=1).astype(np.float32)
+
   def score(self, features: np.ndarray) -> np.ndarray:
     """Out-of-distribution score per row of `features` (higher: less like training)."""
-    features = np.asarray(features, np.float32)
-    return np.concatenate([_SCORERS[self.kind](self.arrays, features[i:i + _CHUNK])
-                           for i in range(0, len(features), _CHUNK)]) if len(features) else \
-        np.zeros(0, np.float32)
+    if len(features) == 0:
+      return np.zeros(0, np.float32)
+    return np.max(self.layer_scores(features), axis=1)
 
   def in_distribution(self, scores: np.ndarray) -> np.ndarray:
     if self.threshold is None:
@@ -83,17 +117,18 @@ def _pca(features: np.ndarray, dims: int, seed: int = 0) -> PCA:
              else "full", random_state=seed).fit(features)
 
 
-def fit_mahalanobis(features, labels, dims: int = DEFAULT_DIMS) -> Detector:
+def fit_mahalanobis(features, labels, dims: int = DEFAULT_DIMS) -> dict:
   features = np.asarray(features, np.float64)
   labels = np.asarray(labels)
   means = np.stack([features[labels == c].mean(axis=0) for c in (0, 1)])
   centred = features - means[labels]  # One shared covariance: class means removed.
-  pca = _pca(centred, dims)
-  noise = float(max(pca.noise_variance_, 1e-12))
-  return Detector("mahalanobis", {
-      "means": means.astype(np.float32), "components": pca.components_.astype(np.float32),
-      "variances": np.maximum(pca.explained_variance_, noise).astype(np.float32),
-      "noise_variance": np.float32(noise), "centre": pca.mean_.astype(np.float32)})
+  # Half the dimensions at most: the rest is the noise term, which must not be empty.
+  pca = _pca(centred, min(dims, max(1, features.shape[1] // 2)))
+  total = float(np.mean(np.var(centred, axis=0)))
+  noise = float(max(pca.noise_variance_, 1e-6 * total, 1e-12))
+  return {"means": means.astype(np.float32), "components": pca.components_.astype(np.float32),
+          "variances": np.maximum(pca.explained_variance_, noise).astype(np.float32),
+          "noise_variance": np.float32(noise), "centre": pca.mean_.astype(np.float32)}
 
 
 def _mahalanobis(a: dict, x: np.ndarray) -> np.ndarray:
@@ -112,14 +147,13 @@ def _normalise(x: np.ndarray) -> np.ndarray:
   return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def fit_knn(features, labels=None, dims: int = DEFAULT_DIMS, k: int = DEFAULT_K) -> Detector:
+def fit_knn(features, labels=None, dims: int = DEFAULT_DIMS, k: int = DEFAULT_K) -> dict:
   del labels
   features = np.asarray(features, np.float64)
   pca = _pca(features, dims)
   components = pca.components_.astype(np.float32)
   bank = _normalise(features @ components.T).astype(np.float32)
-  return Detector("knn", {"components": components, "bank": bank,
-                          "k": np.int32(min(k, len(bank)))})
+  return {"components": components, "bank": bank, "k": np.int32(min(k, len(bank)))}
 
 
 def _knn(a: dict, x: np.ndarray) -> np.ndarray:
@@ -130,25 +164,52 @@ def _knn(a: dict, x: np.ndarray) -> np.ndarray:
   return (1.0 - kth).astype(np.float32)  # Cosine distance to the k-th neighbour.
 
 
-def pca_reconstruction(pca) -> Detector:
-  """The detector of a fitted sklearn PCA (no fitting: the model's own subspace)."""
-  return Detector("pca_reconstruction", {"mean": pca.mean_.astype(np.float32),
-                                         "components": pca.components_.astype(np.float32)})
+def pca_reconstruction(pca, train_pixels=None) -> Detector:
+  """The detector of a fitted sklearn PCA: the model's own subspace as a probabilistic PCA."""
+  noise = float(max(pca.noise_variance_, 1e-12))
+  arrays = {"mean": pca.mean_.astype(np.float32),
+            "components": pca.components_.astype(np.float32),
+            "variances": np.maximum(pca.explained_variance_, noise).astype(np.float32),
+            "noise_variance": np.float32(noise)}
+  return _assemble("pca_reconstruction", [arrays], [len(pca.mean_)], train_pixels)
 
 
 def _reconstruction(a: dict, x: np.ndarray) -> np.ndarray:
   y = x - a["mean"]
   z = y @ a["components"].T
-  return np.mean(np.square(y - z @ a["components"]), axis=1).astype(np.float32)
+  residual = np.sum(np.square(y - z @ a["components"]), axis=1)
+  inside = np.sum(z * z / a["variances"], axis=1)
+  return ((inside + residual / a["noise_variance"]) / x.shape[1]).astype(np.float32)
 
 
 _SCORERS = {"mahalanobis": _mahalanobis, "knn": _knn, "pca_reconstruction": _reconstruction}
 
 
-def fit(kind: str, features, labels, dims: int = DEFAULT_DIMS, k: int = DEFAULT_K) -> Detector:
-  if kind == "mahalanobis":
-    return fit_mahalanobis(features, labels, dims)
-  if kind == "knn":
-    return fit_knn(features, labels, dims, k)
-  raise ValueError(f"OOD detector kind must be one of {KINDS[:2]} for a neural network; "
-                   f"got {kind!r} (config.ood.kind).")
+def _assemble(kind: str, per_layer: list[dict], layout: list[int], train_features) -> Detector:
+  arrays = {"layout": np.asarray(layout, np.int64)}
+  for i, layer in enumerate(per_layer):
+    arrays.update({f"l{i}_{k}": v for k, v in layer.items()})
+    arrays[f"l{i}_scale"] = np.float32(1.0)
+  detector = Detector(kind, arrays)
+  if train_features is not None:  # Each depth divided by its median on the training split.
+    raw = detector.layer_scores(train_features)
+    for i in range(len(layout)):
+      arrays[f"l{i}_scale"] = np.float32(max(float(np.median(raw[:, i])), 1e-12))
+  return detector
+
+
+def fit(kind: str, features, labels, layout: list[int] | None = None,
+        dims: int = DEFAULT_DIMS, k: int = DEFAULT_K) -> Detector:
+  """One detector of `kind` per depth of `layout` (widths of the feature blocks)."""
+  if kind not in ("mahalanobis", "knn"):
+    raise ValueError(f"OOD detector kind must be one of {KINDS[:2]} for a neural network; "
+                     f"got {kind!r} (config.ood.kind).")
+  features = np.asarray(features, np.float32)
+  layout = list(layout or [features.shape[1]])
+  per_layer, start = [], 0
+  for width in layout:
+    block = features[:, start:start + width]
+    per_layer.append(fit_mahalanobis(block, labels, dims) if kind == "mahalanobis"
+                     else fit_knn(block, labels, dims, k))
+    start += width
+  return _assemble(kind, per_layer, layout, features)

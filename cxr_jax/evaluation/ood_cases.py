@@ -100,8 +100,8 @@ def measure(predictor, train, val, cases: dict[str, np.ndarray], kinds=("mahalan
                    for name, d in (extra_sets or {}).items()})
   out = {}
   for kind in kinds:
-    detector = (predictor.own_detector() if kind == "pca_reconstruction"
-                else ood.fit(kind, train_features, train.labels))
+    detector = (predictor.own_detector(train_features) if kind == "pca_reconstruction"
+                else ood.fit(kind, train_features, train.labels, predictor.feature_layout))
     val_scores = detector.score(val_features)
     detector.set_threshold(val_scores, accept)
     out[kind] = {"threshold": detector.threshold,

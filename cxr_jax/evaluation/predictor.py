@@ -88,9 +88,15 @@ class Predictor(abc.ABC):
   def probs(self, images: np.ndarray) -> np.ndarray:
     return self.predict(images).probs
 
-  def own_detector(self):
-    """An out-of-distribution detector that needs no fitting (the model's own), or None."""
+  def own_detector(self, train_features=None):
+    """The model's own out-of-distribution detector (scaled on `train_features`), or None."""
+    del train_features
     return None
+
+  @property
+  def feature_layout(self) -> list[int]:
+    """Widths of the blocks of `predict(...).features` (one per feature-map depth)."""
+    raise NotImplementedError
 
   @property
   def supports_gradcam(self) -> bool:
@@ -125,6 +131,10 @@ class FlaxPredictor(Predictor):
   def supports_gradcam(self) -> bool:
     return True
 
+  @property
+  def feature_layout(self) -> list[int]:
+    return models.feature_layout(self.model, self.variables, self.preprocess.shape)
+
   def gradcam(self, images: np.ndarray) -> np.ndarray:
     self.check_images(images)
     return gradcam_batched(self.model, self.variables, images)
@@ -142,8 +152,12 @@ class SklearnPredictor(Predictor):
     x = pca_logreg.flatten(images)
     return Output(self.pipeline.predict_proba(x)[:, 1], x)
 
-  def own_detector(self):
-    return ood.pca_reconstruction(self.pipeline[0])
+  def own_detector(self, train_features=None):
+    return ood.pca_reconstruction(self.pipeline[0], train_features)
+
+  @property
+  def feature_layout(self) -> list[int]:
+    return [int(np.prod(self.preprocess.shape))]
 
 
 # Test-time views (dy, dx as fractions of the side, zoom): small shifts and scales of the
@@ -183,8 +197,12 @@ class TTAPredictor(Predictor):
                              if v != (0.0, 0.0, 1.0)]
     return Output(np.mean(probs, axis=0), plain.features)
 
-  def own_detector(self):
-    return self.base.own_detector()
+  def own_detector(self, train_features=None):
+    return self.base.own_detector(train_features)
+
+  @property
+  def feature_layout(self) -> list[int]:
+    return self.base.feature_layout
 
   @property
   def supports_gradcam(self) -> bool:
@@ -224,6 +242,10 @@ class EnsemblePredictor(Predictor):
   @property
   def supports_gradcam(self) -> bool:
     return any(m.supports_gradcam for m in self.members)
+
+  @property
+  def feature_layout(self) -> list[int]:
+    return [w for m in self.members for w in m.feature_layout]
 
   def gradcam(self, images: np.ndarray):
     self.check_images(images)

@@ -102,12 +102,24 @@ def grid_pool(fmap, grid: int = FEATURE_GRID):
   return jnp.concatenate(cells, axis=-1)
 
 
+def _feature_maps(state) -> list:
+  """Every sown feature map, in a fixed order (the tree's sorted keys)."""
+  return jax.tree_util.tree_leaves(state["intermediates"])
+
+
 def apply_with_features(model: nn.Module, variables, images01, **kwargs):
-  """(logits [B], grid-pooled last feature map [B, 4C]) of one inference pass."""
+  """(logits [B], every sown feature map grid-pooled and concatenated [B, D])."""
   logits, state = model.apply(variables, images01, train=False, mutable=["intermediates"],
                               **kwargs)
-  (fmap,) = state["intermediates"]["feature_map"]
-  return logits, grid_pool(fmap)
+  return logits, jnp.concatenate([grid_pool(m) for m in _feature_maps(state)], axis=-1)
+
+
+def feature_layout(model: nn.Module, variables, image_shape) -> list[int]:
+  """The width of each feature map's block in `apply_with_features`' features."""
+  x = jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32)
+  _, state = jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"]), variables, x)
+  return [FEATURE_GRID * FEATURE_GRID * m.shape[-1] for m in _feature_maps(state)]
 
 
 def _cnn_baseline(model_config):

@@ -1,8 +1,9 @@
 """The small CNNs of the comparison: the seed's baseline and a VGG-style CNN (cnn_v2/v3).
 
 Every model takes float32 images in [0, 1], [B, H, W, C], returns one PNEUMONIA logit
-per image, [B], and sows its last spatial feature map as ("intermediates",
-"feature_map") for the out-of-distribution score (`models.apply_with_features`).
+per image, [B], and sows its spatial feature maps (several depths, the last one last)
+as ("intermediates", "feature_map") for the out-of-distribution score
+(`models.apply_with_features`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class CNNBaseline(nn.Module):
     for features in self.conv_features:
       x = nn.relu(layers.Conv(features, (3, 3), impl=self.ops)(x))
       x = layers.max_pool_2x2(x, self.ops)
-    self.sow("intermediates", "feature_map", x)
+      self.sow("intermediates", "feature_map", x)
     x = x.reshape((x.shape[0], -1))
     for features in self.dense_features:
       x = nn.relu(nn.Dense(features)(x))
@@ -58,9 +59,10 @@ class CNN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    for features in self.block_features:
+    for i, features in enumerate(self.block_features):
       x = ConvBlock(features, self.convs_per_block, self.ops)(x, train)
-    self.sow("intermediates", "feature_map", x)
+      if i:  # Every block but the first (which sees little more than pixels).
+        self.sow("intermediates", "feature_map", x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.relu(nn.Dense(self.dense_features)(x))

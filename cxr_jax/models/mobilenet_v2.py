@@ -64,6 +64,9 @@ from flax import linen as nn
 from cxr_jax.ops.depthwise import DepthwiseConv3x3
 from cxr_jax.ops.layers import BatchNormAct, Conv1x1, StridedConv
 
+# Blocks whose outputs are sown as ("intermediates", "feature_map"): the ends of the
+# 1/8 and 1/16 stages, less specialised by fine-tuning than the last map.
+FEATURE_MAP_BLOCKS = (5, 12)
 # Keras's ImageNet weights exist for these widths (any alpha > 0 builds).
 KERAS_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 MIN_SIZE = 32  # Keras refuses inputs smaller than 32x32.
@@ -223,6 +226,8 @@ class MobileNetV2(nn.Module):
     x = self._bn("bn_Conv1", train)(x)
     for block_id, (filters, stride, expansion) in enumerate(INVERTED_RESIDUAL_BLOCKS):
       x = self._inverted_res_block(x, filters, stride, expansion, block_id, train)
+      if block_id in FEATURE_MAP_BLOCKS:  # Mid-level maps for the OOD score (cost: none).
+        self.sow("intermediates", "feature_map", x)
     x = self._conv1x1(last_block_filters(self.alpha), "Conv_1")(x)
     x = self._bn("Conv_1_bn", train)(x)
 
