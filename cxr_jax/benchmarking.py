@@ -633,3 +633,31 @@ def bench_exported(serving, runtimes: dict, image_shape: tuple[int, int, int],
     out[name] = {"latency_ms": 1e3 * latency, "img_s": batch_size / batch,
                  "batch_size": batch_size}
   return out
+
+
+def bench_ood_overhead(predictor, detector, images: np.ndarray, repeats: int = 3) -> dict:
+  """Seconds to score `images` without the OOD score (probabilities only) and with it
+  (probabilities, features and the detector), best of `repeats` after a warm-up."""
+  from cxr_jax.evaluation import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
+  probs_fn = predictor_lib.make_probs_fn(predictor.model)
+
+  def without():
+    return inference.predict_batched(probs_fn, predictor.variables, images,
+                                     predictor.batch_size)
+
+  def with_score():
+    out = predictor.predict(images)
+    return detector.score(out.features)
+
+  timings = {}
+  for name, fn in (("without_ood_s", without), ("with_ood_s", with_score)):
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+      start = time.perf_counter()
+      fn()
+      best = min(best, time.perf_counter() - start)
+    timings[name] = best
+  timings["images"] = len(images)
+  timings["overhead"] = timings["with_ood_s"] / timings["without_ood_s"] - 1.0
+  return timings

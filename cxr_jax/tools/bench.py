@@ -47,7 +47,9 @@ flags.DEFINE_integer("pipeline_images", None, "Images of the input-pipeline timi
 flags.DEFINE_bool("depthwise", False, "Only time the two depthwise forms.")
 flags.DEFINE_string("export_dir", None, "Only time a workdir's exported files (the output of "
                     "tools/export) against its JAX function; --workdir names the workdir.")
-flags.DEFINE_string("workdir", None, "With --export_dir: the exported workdir.")
+flags.DEFINE_string("workdir", None, "With --export_dir or --ood_overhead: the workdir.")
+flags.DEFINE_integer("ood_overhead", 0, "> 0: only time scoring that many test images with "
+                     "and without the out-of-distribution score (--workdir).")
 flags.DEFINE_string("json", "", "Also write the result dict here.")
 FLAGS = flags.FLAGS
 
@@ -55,6 +57,20 @@ FLAGS = flags.FLAGS
 def _setting(name: str):
   value = getattr(FLAGS, name)
   return benchmarking.PRESETS[FLAGS.preset][name] if value is None else value
+
+
+def _ood_overhead(n: int) -> dict:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from cxr_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from cxr_jax.evaluation import fit  # pylint: disable=g-import-not-at-top
+  from cxr_jax.evaluation import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
+  if not FLAGS.workdir:
+    raise app.UsageError("--ood_overhead needs --workdir.")
+  predictor = predictor_lib.load_predictor(FLAGS.workdir)
+  detector = fit.load_or_fit(predictor).detector
+  test = data_lib.load(predictor.config.data, "test")
+  images = np.concatenate([test.images] * (-(-n // len(test))))[:n]
+  return benchmarking.bench_ood_overhead(predictor, detector, images)
 
 
 def _exported() -> dict:
@@ -81,6 +97,9 @@ def main(argv):
     print(json.dumps(result, indent=2))
   elif FLAGS.export_dir:
     result = {"exported": _exported()}
+    print(json.dumps(result, indent=2))
+  elif FLAGS.ood_overhead:
+    result = {"ood_overhead": _ood_overhead(FLAGS.ood_overhead)}
     print(json.dumps(result, indent=2))
   else:
     alphas = _setting("alphas")
