@@ -60,10 +60,10 @@ def main(argv):
     photos = FLAGS.photos_dir if FLAGS.photos_dir and os.path.isdir(FLAGS.photos_dir) else None
     cases = ood_cases.make_cases(val.images, FLAGS.n, photos, predictor.preprocess)
     kinds = FLAGS.kinds if models.is_flax(config.model.name) else ["pca_reconstruction"]
-    name = config.get("name") or os.path.basename(os.path.normpath(workdir))
-    results[name] = ood_cases.measure(predictor, train, val, cases, kinds,
-                                      fit.ood_settings(config)["accept"], {"test": test})
-    print(_table(f"{name} ({workdir})", results[name]), flush=True)
+    # Keyed by workdir: the seeds of one recipe share its model name.
+    results[workdir] = ood_cases.measure(predictor, train, val, cases, kinds,
+                                         fit.ood_settings(config)["accept"], {"test": test})
+    print(_table(f"{config.model.name} ({workdir})", results[workdir]), flush=True)
   if FLAGS.output:
     workdir_lib.write_json(FLAGS.output, results)
     print(f"Wrote {FLAGS.output}")
