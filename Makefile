@@ -75,7 +75,8 @@ study: setup
 	  --output=$(STUDY_ROOT)/report $(foreach e,$(EXTERNAL),--external=$(e))
 
 # A trained workdir in users' hands: export, the local page, and the page in a real
-# browser (installs Debian's chromium and chromedriver, and selenium, first).
+# browser (installs Debian's chromium and chromedriver, and selenium, first; selenium
+# 4.52 needs a certifi release newer than the package index here has).
 WORKDIR ?= workdirs/mobilenet_v2
 
 .PHONY: export serve browser-check
@@ -88,7 +89,7 @@ serve: setup
 browser-check: setup
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
-	$(PY) -m pip install --quiet selenium==4.52.0
+	$(PY) -m pip install --quiet selenium==4.51.0
 	$(PY) -m cxr_jax.tools.browser_check --workdir=$(WORKDIR) \
 	  --xray=$$(ls data/chest_xray/test/PNEUMONIA/* | head -1) \
 	  --photo=$$(ls data/imagenet_photos/*.jp* | head -1) --screenshot=docs/serve_screenshot.png

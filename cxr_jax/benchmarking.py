@@ -619,15 +619,16 @@ def _time_calls(fn: Callable, images: np.ndarray, repeats: int) -> float:
 
 def bench_exported(serving, runtimes: dict, image_shape: tuple[int, int, int],
                    batch_size: int = 32, repeats: int = 20) -> dict:
-  """Latency of one image and images/s at `batch_size`: the JAX function and each runtime.
+  """Latency of one image and images/s at `batch_size`: the exported JAX function (plain
+  XLA layers, as converted: "jax_export_fn") and each runtime.
 
-  serving: export.Serving; runtimes: {name: export.Runtime}.
+  serving: export.Serving; runtimes: {name: callable on uint8 images}.
   """
   rng = np.random.default_rng(0)
   one = rng.integers(0, 256, (1,) + tuple(image_shape), dtype=np.uint8)
   many = rng.integers(0, 256, (batch_size,) + tuple(image_shape), dtype=np.uint8)
   out = {}
-  for name, fn in {"jax": serving.fn, **runtimes}.items():
+  for name, fn in {"jax_export_fn": serving.fn, **runtimes}.items():
     latency = _time_calls(fn, one, repeats)
     batch = _time_calls(fn, many, max(3, repeats // 4))
     out[name] = {"latency_ms": 1e3 * latency, "img_s": batch_size / batch,
