@@ -131,11 +131,12 @@ def test_two_processes_equal_one_with_the_same_global_batch(config, cache, tmp_p
   for name, value in a["params"].items():
     np.testing.assert_allclose(b["params"][name], value, atol=5e-3, err_msg=name)
   # Quoted in the README (run with -s); the times include start-up and compiles.
-  loss_diff = max(abs(y[k] / x[k] - 1) for x, y in zip(a["history"], b["history"])
-                  for k in ("train_loss", "val_loss"))
+  loss_diff, where = max((abs(y[k] / x[k] - 1), f"{k} of {x['phase']} epoch {x['epoch']}")
+                         for x, y in zip(a["history"], b["history"])
+                         for k in ("train_loss", "val_loss"))
   param_diff = max(float(np.max(np.abs(b["params"][n] - v))) for n, v in a["params"].items())
   print(f"{config}: 1 process {one_seconds:.0f}s, 2 processes {two_seconds:.0f}s; "
-        f"largest relative loss difference {loss_diff:.1e}, parameter difference "
+        f"largest relative loss difference {loss_diff:.1e} ({where}), parameter difference "
         f"{param_diff:.1e}")
   # One set of files: one TensorBoard event file, no temporary files left behind.
   assert len(os.listdir(os.path.join(two, "tensorboard"))) == 1

@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app
@@ -33,7 +34,8 @@ def _wait_for(url: str, process, seconds: float = 300) -> None:
   deadline = time.time() + seconds
   while time.time() < deadline:
     if process.poll() is not None:
-      raise RuntimeError("The server stopped: " + process.stderr.read().decode()[-2000:])
+      process.log.seek(0)
+      raise RuntimeError("The server stopped: " + process.log.read()[-2000:])
     try:
       urllib.request.urlopen(url, timeout=2)
       return
@@ -48,9 +50,11 @@ def main(argv):
   from selenium.webdriver.common.by import By  # pylint: disable=g-import-not-at-top
   from selenium.webdriver.support.ui import WebDriverWait  # pylint: disable=g-import-not-at-top
   port = _free_port()
+  log = tempfile.TemporaryFile("w+")  # Not a pipe: a full pipe nobody reads stops the server.
   server = subprocess.Popen([sys.executable, "-m", "cxr_jax.tools.serve",
                              f"--workdir={FLAGS.workdir}", f"--port={port}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+  server.log = log
   try:
     url = f"http://127.0.0.1:{port}/"
     _wait_for(url + "api/model", server)
