@@ -3,8 +3,10 @@
 Each config runs once in one process and once as two processes of the same global batch
 (batch_size 8: 4 per process). Tolerance: the two runs sum the gradients and BatchNorm
 statistics in a different order, and Adam turns the rounding of near-zero gradients into
-steps of up to the learning rate, so losses agree to 5e-3 (relative; measured: 1e-6 in
-the first epoch, up to 1.1e-3 in the second) and parameters to 5e-3 (absolute) after
+steps of up to the learning rate, so losses agree to 1e-2 (relative; measured on a 2-core
+CPU: 8.9e-4 for cnn_v3, 4.2e-3 for MobileNetV2's validation loss in its second fine-tuning
+epoch, where every layer trains; it may differ on a CPU of another
+vector width) and parameters to 5e-3 (absolute) after
 the debug run's ~8 steps; a stop of both processes and a restart must give the
 two-process result exactly.
 """
@@ -126,7 +128,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(config, cache, tmp_p
   for x, y in zip(a["history"], b["history"]):
     assert x["phase"] == y["phase"] and x["epoch"] == y["epoch"]
     for key in ("train_loss", "val_loss"):
-      assert y[key] == pytest.approx(x[key], rel=5e-3), (x["epoch"], key)
+      assert y[key] == pytest.approx(x[key], rel=1e-2), (x["epoch"], key)
   assert set(a["params"]) == set(b["params"])
   for name, value in a["params"].items():
     np.testing.assert_allclose(b["params"][name], value, atol=5e-3, err_msg=name)
