@@ -15,6 +15,7 @@ from cxr_jax import data as data_lib
 from cxr_jax.evaluation import adaptation
 from cxr_jax.evaluation import fit
 from cxr_jax.evaluation import metrics as metrics_lib
+from cxr_jax.evaluation import ood
 from cxr_jax.evaluation import predictor as predictor_lib
 from cxr_jax.evaluation import scoring
 from cxr_jax.evaluation import selective
@@ -40,6 +41,8 @@ def _ood_summary(fitted, scores: np.ndarray) -> dict:
   flagged = ~fitted.detector.in_distribution(scores)
   return {"kind": fitted.detector.kind, "threshold": fitted.detector.threshold,
           "accept": fitted.detector.accept, "n_flagged": int(flagged.sum()),
+          "folder_shift": ood.folder_shift(int(flagged.sum()), len(flagged),
+                                           fitted.detector.accept),
           "fraction_flagged": float(flagged.mean()) if len(flagged) else 0.0,
           "score_quantiles": {str(q): float(np.quantile(scores, q))
                               for q in (0.05, 0.25, 0.5, 0.75, 0.95)} if len(scores) else {}}
@@ -124,6 +127,10 @@ def format_result(result: dict) -> str:
     o, rc = result["ood"], result["risk_coverage"]
     lines.append(f"Out of distribution ({o['kind']}, threshold {o['threshold']:.4g}): "
                  f"{o['n_flagged']}/{result['n']} flagged ({o['fraction_flagged']:.1%}).")
+    warning = o.get("folder_shift") and ood.shift_warning(o["n_flagged"], result["n"],
+                                                          o["folder_shift"])
+    if warning:
+      lines.append(warning)
     accepted = result.get("accepted")
     if accepted:
       m = accepted[f"at_{result['default_operating_point']}"]

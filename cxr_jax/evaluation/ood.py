@@ -213,3 +213,34 @@ def fit(kind: str, features, labels, layout: list[int] | None = None,
                      else fit_knn(block, labels, dims, k))
     start += width
   return _assemble(kind, per_layer, layout, features)
+
+
+SHIFT_ALPHA = 1e-3
+
+
+def folder_shift(n_flagged: int, n: int, accept: float, alpha: float = SHIFT_ALPHA) -> dict:
+  """Is a folder, as a whole, unlike the training data?
+
+  Images like validation's are flagged with probability 1 - accept each, so a folder
+  of such images has a Binomial(n, 1 - accept) flagged count; a one-sided binomial test
+  says whether it has more. A per-image flag misses a site whose images are each only a
+  little unusual; many of them together are not.
+  """
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  expected = 1.0 - float(accept)
+  p_value = (float(stats.binomtest(int(n_flagged), int(n), expected,
+                                   alternative="greater").pvalue)
+             if n > 0 and 0 < expected < 1 else 1.0)
+  return {"expected_fraction": expected, "p_value": p_value, "alpha": alpha,
+          "shifted": bool(p_value < alpha)}
+
+
+def shift_warning(n_flagged: int, n: int, shift: dict) -> str | None:
+  """A one-line warning for a shifted folder, or None."""
+  if not shift["shifted"]:
+    return None
+  return (f"WARNING: {n_flagged} of {n} images ({n_flagged / n:.0%}) are unlike the training "
+          f"data, where {shift['expected_fraction']:.0%} is expected (binomial p = "
+          f"{shift['p_value']:.1e}): these images are not like the ones this model was "
+          "trained and tested on (children aged 1-5, one hospital); do not trust its "
+          "predictions here without a local evaluation.")

@@ -25,6 +25,7 @@ from cxr_jax.data.splits import CLASS_NAMES
 from cxr_jax.evaluation import adaptation
 from cxr_jax.evaluation import figures
 from cxr_jax.evaluation import fit
+from cxr_jax.evaluation import ood
 from cxr_jax.evaluation import predictor as predictor_lib
 from cxr_jax.evaluation import scoring
 
@@ -136,6 +137,8 @@ def predict_files(workdir: str, paths, output: str, gradcam_dir: str | None = No
       "n_normal": int(((1 - labels) * accepted).sum()),
       "n_out_of_distribution": int((~accepted).sum()),
       "ood_kind": fitted.detector.kind, "ood_threshold": fitted.detector.threshold,
+      "folder_shift": ood.folder_shift(int((~accepted).sum()), len(decoded),
+                                       fitted.detector.accept),
       "operating_point": scored["point"], "threshold": scored["threshold"],
       "raw_threshold": scored["raw_threshold"], "temperature": scored["temperature"],
       "calibration_reused": fitted.reused, "n_overlays": len(overlays),
@@ -183,6 +186,9 @@ def format_summary(s: dict) -> str:
       f"{'cached in' if s['calibration_reused'] else 'fitted on validation, saved to'} "
       "calibration.json).",
   ]
+  warning = ood.shift_warning(s["n_out_of_distribution"], s["n_scored"], s["folder_shift"])
+  if warning:
+    lines.insert(2, "  " + warning)
   for path, reason in list(s["errors"].items())[:10]:
     lines.append(f"  unreadable: {path}: {reason}")
   if s["n_errors"] > 10:

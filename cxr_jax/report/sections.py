@@ -340,7 +340,9 @@ def render_externals(report: dict, figs: dict) -> list[str]:
 def _flagged(result: dict | None) -> str:
   if not result or "ood" not in result:
     return "–"
-  return f"{result['ood']['fraction_flagged']:.1%}"
+  shift = result["ood"].get("folder_shift") or {}
+  mark = " ⚠ unlike training" if shift.get("shifted") else ""
+  return f"{result['ood']['fraction_flagged']:.1%}{mark}"
 
 
 def render_ood(report: dict, figs: dict) -> list[str]:
@@ -352,6 +354,9 @@ def render_ood(report: dict, figs: dict) -> list[str]:
            "Each model's out-of-distribution detector is fitted on the training split's "
            "features; an image is flagged when its score is above the 99% quantile of "
            "validation's (config.ood). Flagged images get no diagnosis from `predict`. "
+           "⚠ marks a folder with more flagged images than the ~1% expected of images like "
+           "the training data (one-sided binomial test, p < 0.001): trust no metric there "
+           "without a local evaluation. "
            "Risk-coverage: the error rate among the images kept as fewer are kept, ranked by "
            "confidence or by the OOD score; AURC is its area (lower is better).\n",
            "| model | detector | flagged: validation | test | "

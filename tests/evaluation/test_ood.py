@@ -78,6 +78,21 @@ def test_risk_coverage_drops_errors_first_for_a_perfect_ranking():
   assert perfect["risk"][0] == 0.0 and perfect["coverage"][0] == 0.0
 
 
+def test_folder_shift_warns_only_when_more_are_flagged_than_chance_allows():
+  # Like the training data: ~1% flagged of 600 is what the quantile threshold gives.
+  typical = ood.folder_shift(6, 600, accept=0.99)
+  assert not typical["shifted"] and typical["expected_fraction"] == pytest.approx(0.01)
+  assert ood.shift_warning(6, 600, typical) is None
+  # 12 photos, all flagged; or an adult site with 8% of 300 flagged: each far beyond chance.
+  for n_flagged, n in ((12, 12), (24, 300)):
+    shift = ood.folder_shift(n_flagged, n, accept=0.99)
+    assert shift["shifted"] and shift["p_value"] < 1e-3
+    assert "WARNING" in ood.shift_warning(n_flagged, n, shift)
+  # Too few images to tell: 1 of 3 flagged is not evidence of a shift.
+  assert not ood.folder_shift(1, 3, accept=0.99)["shifted"]
+  assert not ood.folder_shift(0, 0, accept=0.99)["shifted"]
+
+
 def test_generated_families_have_the_model_input_shape(tmp_path):
   xrays = np.random.default_rng(0).integers(0, 256, (10, 48, 48, 1), dtype=np.uint8)
   photos = SHARED / "data" / "imagenet_photos"
@@ -135,6 +150,10 @@ def test_predict_labels_flagged_images_out_of_distribution(workdirs, tmp_path, c
   assert summary["n_out_of_distribution"] == sum(r["in_distribution"] == "0"
                                                  for r in rows.values())
   assert "flagged OUT_OF_DISTRIBUTION" in predict.format_summary(summary)
+  # Noise and a blank image are 2 of 3: far more than the ~1% of X-rays like training's.
+  if summary["n_out_of_distribution"] >= 2:
+    assert summary["folder_shift"]["shifted"]
+    assert "WARNING" in predict.format_summary(summary)
 
 
 def test_evaluate_reports_flagged_fraction_accepted_metrics_and_risk_coverage(workdirs,
@@ -144,6 +163,8 @@ def test_evaluate_reports_flagged_fraction_accepted_metrics_and_risk_coverage(wo
   ood_summary = result["ood"]
   assert 0.0 <= ood_summary["fraction_flagged"] <= 1.0
   assert ood_summary["n_flagged"] == sum(not p["in_distribution"] for p in result["predictions"])
+  assert ood_summary["folder_shift"] == ood.folder_shift(
+      ood_summary["n_flagged"], result["n"], ood_summary["accept"])
   n_accepted = result["n"] - ood_summary["n_flagged"]
   if n_accepted:
     assert result["accepted"]["n"] == n_accepted
