@@ -29,40 +29,29 @@ from cxr_jax.evaluation import predict
 from tests.conftest import CHEST_XRAY, REPO, make_class_folder, require
 
 
-def _cnn(**changes):
-  config = cnn_v3.get_config("debug")
+def _debug(module, changes: dict):
+  """The module's debug config on the shared data, with dotted keys (`phases[1].x` too) set."""
+  config = module.get_config("debug")
   config.data.data_dir = str(CHEST_XRAY)
   for key, value in changes.items():
     node = config
     *parents, leaf = key.split(".")
     for part in parents:
-      node = node[part]
+      node = node.phases[int(part[7:-1])] if part.startswith("phases[") else node[part]
     node[leaf] = value
   return config
 
 
+def _cnn(**changes):
+  return _debug(cnn_v3, changes)
+
+
 def _mobilenet(**changes):
-  config = mobilenet.get_config("debug")
-  config.data.data_dir = str(CHEST_XRAY)
-  for key, value in changes.items():
-    if key.startswith("phases["):
-      index, field = int(key[7]), key.split(".")[1]
-      config.phases[index][field] = value
-    else:
-      node = config
-      *parents, leaf = key.split(".")
-      for part in parents:
-        node = node[part]
-      node[leaf] = value
-  return config
+  return _debug(mobilenet, changes)
 
 
 def _pca(**changes):
-  config = pca_logreg.get_config("debug")
-  config.data.data_dir = str(CHEST_XRAY)
-  for key, value in changes.items():
-    config.model[key.split(".")[1]] = value
-  return config
+  return _debug(pca_logreg, changes)
 
 
 # (probe, the config, what the error names).

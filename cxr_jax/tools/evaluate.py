@@ -15,6 +15,7 @@ from absl import flags
 
 from cxr_jax import model_card
 from cxr_jax import workdir as workdir_lib
+from cxr_jax.evaluation import adaptation
 from cxr_jax.evaluation import evaluate
 from cxr_jax.tools import startup
 
@@ -26,7 +27,7 @@ flags.DEFINE_string("output", None, "Where to write the metrics JSON; default "
                     "<workdir>/eval_<folder name>.json.")
 flags.DEFINE_integer("batch_size", None, "Evaluation batch size; default from the config.")
 flags.DEFINE_bool("tta", False, "Average the probabilities over small shifts and scales.")
-flags.DEFINE_enum("adapt", "none", ["none", "prior", "adabn", "adabn+prior"],
+flags.DEFINE_enum("adapt", "none", list(adaptation.METHODS),
                   "Also report a label-free adaptation to the folder (its images only): "
                   "BatchNorm statistics (AdaBN) and/or the class prior (EM).")
 FLAGS = flags.FLAGS

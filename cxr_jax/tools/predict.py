@@ -11,6 +11,7 @@ if __name__ == "__main__":
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 
+from cxr_jax.evaluation import adaptation
 from cxr_jax.evaluation import predict
 from cxr_jax.tools import startup
 
@@ -23,7 +24,7 @@ flags.DEFINE_float("target_sensitivity", None, "Label at the highest threshold r
                    "this validation sensitivity instead of the validation-F1 threshold.")
 flags.DEFINE_integer("batch_size", None, "Inference batch size; default from the config.")
 flags.DEFINE_bool("tta", False, "Average the probabilities over small shifts and scales.")
-flags.DEFINE_enum("adapt", "none", ["none", "prior", "adabn", "adabn+prior"],
+flags.DEFINE_enum("adapt", "none", list(adaptation.METHODS),
                   "Label-free adaptation to the given files (their images only); labels "
                   "then at 0.5 of the adapted probabilities.")
 FLAGS = flags.FLAGS
