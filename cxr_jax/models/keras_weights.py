@@ -243,7 +243,6 @@ def port_mobilenet_v2(h5_path: str | os.PathLike, variables: Mapping[str, Any],
   `scope`: where MobileNetV2 sits inside the template (e.g. `'backbone'` or
   `('model', 'backbone')` when it is a submodule); variables outside are untouched.
   """
-  import jax.numpy as jnp
   from flax import traverse_util
   from flax.core import FrozenDict, freeze, unfreeze
 
@@ -252,8 +251,20 @@ def port_mobilenet_v2(h5_path: str | os.PathLike, variables: Mapping[str, Any],
   file_layers = read_keras_h5(h5_path)
   frozen = isinstance(variables, FrozenDict)
   flat = traverse_util.flatten_dict(unfreeze(variables) if frozen else dict(variables))
+  template = _template_layers(flat, scope)
+  errors, used = _copy_file_weights(flat, template, file_layers, exclude)
+  errors += _unused_file_weights(file_layers, template, used, exclude)
+  if errors:
+    shown = errors[:25] + ([f"... and {len(errors) - 25} more"] if len(errors) > 25 else [])
+    raise ValueError(f"Keras weights {h5_path} do not match the MobileNetV2 template "
+                     f"({len(errors)} problems; pass exclude=(layer names,) to skip layers on "
+                     f"purpose):\n  " + "\n  ".join(shown))
+  out = traverse_util.unflatten_dict(flat)
+  return freeze(out) if frozen else out
 
-  # layer -> {(collection, name): flat key}
+
+def _template_layers(flat: dict, scope: tuple) -> dict[str, dict[tuple[str, str], tuple]]:
+  """layer -> {(collection, variable name): flat key} of the template under `scope`."""
   template: dict[str, dict[tuple[str, str], tuple]] = {}
   for key in flat:
     if tuple(key[1:1 + len(scope)]) != scope:
@@ -265,7 +276,13 @@ def port_mobilenet_v2(h5_path: str | os.PathLike, variables: Mapping[str, Any],
     template.setdefault(rest[0], {})[(key[0], rest[1])] = key
   if not template:
     raise ValueError(f"template has no variables under scope {scope}")
+  return template
 
+
+def _copy_file_weights(flat: dict, template: dict, file_layers: dict, exclude: set
+                       ) -> tuple[list[str], set[tuple[str, str]]]:
+  """Writes each template variable's file tensor into `flat`; returns (errors, used)."""
+  import jax.numpy as jnp
   errors: list[str] = []
   used: set[tuple[str, str]] = set()
   for layer, layer_vars in template.items():
@@ -291,6 +308,13 @@ def port_mobilenet_v2(h5_path: str | os.PathLike, variables: Mapping[str, Any],
                       f"template {where} has shape {want}")
         continue
       flat[key] = jnp.asarray(value, dtype=flat[key].dtype)
+  return errors, used
+
+
+def _unused_file_weights(file_layers: dict, template: dict, used: set, exclude: set
+                         ) -> list[str]:
+  """An error per file tensor that no template variable took."""
+  errors = []
   for layer, weights in file_layers.items():
     if layer in exclude:
       continue
@@ -298,10 +322,4 @@ def port_mobilenet_v2(h5_path: str | os.PathLike, variables: Mapping[str, Any],
       if (layer, name) not in used:
         why = "no such layer in the template" if layer not in template else "no such variable"
         errors.append(f"unused: file tensor {layer}/{name} shape {tuple(value.shape)} ({why})")
-  if errors:
-    shown = errors[:25] + ([f"... and {len(errors) - 25} more"] if len(errors) > 25 else [])
-    raise ValueError(f"Keras weights {h5_path} do not match the MobileNetV2 template "
-                     f"({len(errors)} problems; pass exclude=(layer names,) to skip layers on "
-                     f"purpose):\n  " + "\n  ".join(shown))
-  out = traverse_util.unflatten_dict(flat)
-  return freeze(out) if frozen else out
+  return errors
