@@ -18,10 +18,13 @@ validation split's scores. Per depth:
                  of the features projected (uncentred, as the raw features are
                  normalised there) on the top `dims` principal directions.
   "pca_reconstruction"  For PCA + logistic regression (features are pixels): the
-                 model's own PCA as a probabilistic PCA, i.e. its reconstruction error
-                 over the noise variance plus the whitened distance inside the subspace,
-                 scored two-sided (|log| of its ratio to the training median): a blank or
-                 blurred image fits a Gaussian of pixels *too* well (Nalisnick et al. 2019).
+                 model's own PCA, with the two statistics of PCA monitoring (Jackson &
+                 Mudholkar 1979) tested apart: Hotelling's T^2 (the whitened distance
+                 inside the subspace) and Q, the squared reconstruction error over the
+                 noise variance. Each is scored two-sided (|log| of its ratio to the
+                 training median): a blank or blurred image is reconstructed *too* well,
+                 atypically likely under a Gaussian of pixels (Nalisnick et al. 2019),
+                 and summed into one likelihood its small Q hid its large T^2.
 
 Nothing is fitted on test or on any out-of-distribution images.
 """
@@ -59,22 +62,28 @@ class Detector:
     return [int(v) for v in self.arrays["layout"]]
 
   def layer_scores(self, features: np.ndarray) -> np.ndarray:
-    """[N, depths] per-depth scores, each divided by its training median."""
+    """[N, statistics] per-depth scores (one per depth; two for pca_reconstruction), each
+    divided by its training median."""
     features = np.asarray(features, np.float32)
     if features.ndim != 2 or features.shape[1] != sum(self.layout):
       raise ValueError(f"The detector expects {sum(self.layout)} features per image; got "
                        f"shape {features.shape}.")
     out, start = [], 0
     for i, width in enumerate(self.layout):
-      block, arrays = features[:, start:start + width], _prefix(self.arrays, i)
-      ratio = np.concatenate([_SCORERS[self.kind](arrays, block[j:j + _CHUNK])
-                              for j in range(0, len(block), _CHUNK)]) / arrays["scale"]
+      ratio = self._raw(i, features[:, start:start + width]) / self.arrays[f"l{i}_scale"]
       # A likelihood is also atypical when too high (a blank image is "likelier" than any
       # X-ray under a Gaussian of pixels): two-sided, as a typicality test.
       out.append(np.abs(np.log(np.maximum(ratio, 1e-12))) if self.kind in TWO_SIDED
                  else ratio)
       start += width
-    return np.stack(out, axis=1).astype(np.float32)
+    return np.concatenate(out, axis=1).astype(np.float32)
+
+  def _raw(self, layer: int, block: np.ndarray) -> np.ndarray:
+    """[N, statistics] unscaled scores of one depth's feature block."""
+    arrays = _prefix(self.arrays, layer)
+    raw = np.concatenate([_SCORERS[self.kind](arrays, block[j:j + _CHUNK])
+                          for j in range(0, len(block), _CHUNK)])
+    return raw.reshape(len(block), -1)
 
   def score(self, features: np.ndarray) -> np.ndarray:
     """Out-of-distribution score per row of `features` (higher: less like training)."""
@@ -175,11 +184,12 @@ def pca_reconstruction(pca, train_pixels=None) -> Detector:
 
 
 def _reconstruction(a: dict, x: np.ndarray) -> np.ndarray:
+  """[N, 2]: Hotelling's T^2 inside the subspace and Q (SPE) over the noise variance."""
   y = x - a["mean"]
   z = y @ a["components"].T
-  residual = np.sum(np.square(y - z @ a["components"]), axis=1)
-  inside = np.sum(z * z / a["variances"], axis=1)
-  return ((inside + residual / a["noise_variance"]) / x.shape[1]).astype(np.float32)
+  q = np.sum(np.square(y - z @ a["components"]), axis=1) / a["noise_variance"]
+  t2 = np.sum(z * z / a["variances"], axis=1)
+  return np.stack([t2, q], axis=1).astype(np.float32)
 
 
 _SCORERS = {"mahalanobis": _mahalanobis, "knn": _knn, "pca_reconstruction": _reconstruction}
@@ -191,10 +201,13 @@ def _assemble(kind: str, per_layer: list[dict], layout: list[int], train_feature
     arrays.update({f"l{i}_{k}": v for k, v in layer.items()})
     arrays[f"l{i}_scale"] = np.float32(1.0)
   detector = Detector(kind, arrays)
-  if train_features is not None:  # Each depth divided by its median on the training split.
-    raw = detector.layer_scores(train_features)
-    for i in range(len(layout)):
-      arrays[f"l{i}_scale"] = np.float32(max(float(np.median(raw[:, i])), 1e-12))
+  if train_features is not None:  # Each statistic divided by its median on training.
+    train_features = np.asarray(train_features, np.float32)
+    start = 0
+    for i, width in enumerate(layout):
+      raw = detector._raw(i, train_features[:, start:start + width])  # pylint: disable=protected-access
+      arrays[f"l{i}_scale"] = np.maximum(np.median(raw, axis=0), 1e-12).astype(np.float32)
+      start += width
   return detector
 
 

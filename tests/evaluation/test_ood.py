@@ -64,6 +64,32 @@ def test_mahalanobis_sees_directions_the_pca_left_out():
   assert np.median(detector.score(shifted)) > 2 * np.median(detector.score(val))
 
 
+def test_pca_detector_flags_images_reconstructed_too_well_or_too_badly():
+  """Pixels of 'X-rays' (brightness, a few textures, noise of a level that varies from image
+  to image, as exposures do): T^2 and Q tested apart, two-sided. Summed into one
+  likelihood, a blank image's small Q hides its large T^2 among the noisy images."""
+  from sklearn.decomposition import PCA  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  dims, textures = 400, rng.normal(size=(12, 400)) / np.sqrt(400)
+
+  def images(n):
+    return (0.5 + rng.normal(0, 0.05, (n, 1)) + rng.normal(0, 1.0, (n, 12)) @ textures
+            + rng.normal(0, 1.0, (n, dims)) * 0.05 * np.exp(rng.normal(0, 0.4, (n, 1)))
+            ).astype(np.float32)
+
+  train, val = images(2000), images(500)
+  detector = ood.pca_reconstruction(PCA(20).fit(train), train)
+  detector.set_threshold(detector.score(val), 0.99)
+  held_out = detector.score(images(500))
+  assert np.mean(held_out > detector.threshold) < 0.04
+  odd = {"blank": np.zeros((4, dims)), "constant": np.full((4, dims), 0.8),
+         "noise": rng.uniform(0, 1, (4, dims)),
+         # The training mean: no texture and no noise, "likelier" than any training image.
+         "too smooth": np.tile(train.mean(0), (4, 1))}
+  for name, x in odd.items():
+    assert np.all(detector.score(x.astype(np.float32)) > detector.threshold), name
+
+
 def test_unknown_kind_names_the_setting():
   with pytest.raises(ValueError, match="config.ood.kind"):
     ood.fit("energy", *clusters(n=20))
