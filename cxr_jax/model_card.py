@@ -46,6 +46,8 @@ def _evaluations(workdir: str) -> dict[str, dict]:
                  "metrics": {m: (result.get(key) or {}).get(m) for m in METRICS},
                  "ci95": result.get("ci95"),
                  "ood_fraction_flagged": (result.get("ood") or {}).get("fraction_flagged"),
+                 "unlike_training": ((result.get("ood") or {}).get("folder_shift") or {}).get(
+                     "shifted"),
                  "adapted": (result.get("adapted") or {}).get("at_0.5")}
   return out
 
@@ -123,8 +125,11 @@ def _metrics_table(evaluations: dict) -> list[str]:
     m = e["metrics"]
     cells = [f"{m[k]:.3f}" if m.get(k) is not None else "–" for k in METRICS]
     flagged = e.get("ood_fraction_flagged")
+    shown = "–" if flagged is None else f"{flagged:.1%}"
+    if e.get("unlike_training"):
+      shown += " ⚠ unlike the training data: metrics here do not transfer"
     lines.append(f"| {name} (`{e['data_dir']}`) | {e['n']} | {e.get('operating_point')} | "
-                 + " | ".join(cells) + f" | {'–' if flagged is None else f'{flagged:.1%}'} |")
+                 + " | ".join(cells) + f" | {shown} |")
   return lines
 
 
