@@ -83,6 +83,17 @@ def one_line(error: BaseException) -> str:
   return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+def _quiet_shutdown() -> None:
+  """After the one-line error: nothing more on the console from threads dying at exit.
+
+  A failed Orbax restore can leave a tensorstore future whose callback reaches its
+  asyncio loop after the interpreter closed it ("Event loop is closed", printed by the
+  thread's excepthook): noise after the error the user was given, not a second error.
+  """
+  sys.stderr.flush()
+  sys.stderr = open(os.devnull, "w")  # pylint: disable=consider-using-with
+
+
 def _guarded(main: Callable, resume_hint: str | None) -> Callable:
   def wrapped(argv):
     if flags.FLAGS.verbose:
@@ -103,6 +114,7 @@ def _guarded(main: Callable, resume_hint: str | None) -> Callable:
       if flags.FLAGS.verbose:
         raise
       print(f"error: {one_line(e)}\n(run with --verbose for the traceback)", file=sys.stderr)
+      _quiet_shutdown()
       sys.exit(1)
   return wrapped
 

@@ -1,0 +1,43 @@
+"""The command lines' start-up helper: one error line, and nothing after it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+from tests.conftest import REPO
+
+# A main that fails while a worker thread is still running and fails later, during
+# shutdown: as a tensorstore callback does after a failed Orbax restore.
+PROGRAM = textwrap.dedent("""
+    import threading, time
+    from cxr_jax.tools import startup
+
+    def late_failure():
+      time.sleep(0.5)
+      raise RuntimeError("Event loop is closed")
+
+    def main(argv):
+      threading.Thread(target=late_failure).start()
+      raise ValueError("config.batch_size=0: must be positive")
+
+    startup.run(main)
+""")
+
+
+def test_an_error_is_one_line_even_when_a_thread_dies_after_it():
+  proc = subprocess.run([sys.executable, "-c", PROGRAM], cwd=REPO, capture_output=True,
+                        text=True, timeout=120,
+                        env={**os.environ, "CXR_JAX_MALLOC_TUNING": "0", "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 1
+  assert proc.stderr.startswith("error: ValueError: config.batch_size=0"), proc.stderr
+  assert "Traceback" not in proc.stderr and "Event loop" not in proc.stderr, proc.stderr
+
+
+def test_verbose_still_shows_the_traceback():
+  proc = subprocess.run([sys.executable, "-c", PROGRAM, "--verbose"], cwd=REPO,
+                        capture_output=True, text=True, timeout=120,
+                        env={**os.environ, "CXR_JAX_MALLOC_TUNING": "0", "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode != 0 and "Traceback" in proc.stderr
