@@ -91,6 +91,9 @@ def _quiet_shutdown() -> None:
   thread's excepthook): noise after the error the user was given, not a second error.
   """
   sys.stderr.flush()
+  # At the descriptor: the interpreter restores sys.stderr while it shuts down, and C++
+  # threads write to the descriptor directly.
+  os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
   sys.stderr = open(os.devnull, "w")  # pylint: disable=consider-using-with
 
 

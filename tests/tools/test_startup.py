@@ -19,6 +19,13 @@ PROGRAM = textwrap.dedent("""
       time.sleep(0.5)
       raise RuntimeError("Event loop is closed")
 
+    class Finaliser:  # Prints from the interpreter's own shutdown, after sys.stderr is reset.
+      def __del__(self):
+        import os
+        os.write(2, b"Traceback (from a C++ thread at shutdown)\\n")
+
+    FINALISER = Finaliser()
+
     def main(argv):
       threading.Thread(target=late_failure).start()
       raise ValueError("config.batch_size=0: must be positive")
