@@ -17,6 +17,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
+import tempfile
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -92,11 +95,37 @@ class RunCheckpoints:
     self._manager.close()
 
 
+def _settle_failed_reads(seconds: float = 1.0) -> None:
+  """Lets the reads still in flight after a failed restore end, their output to the log.
+
+  When one array of a step cannot be read, Orbax raises while tensorstore's other reads
+  are still running; their callbacks then find Orbax's event loop closed and print
+  "Event loop is closed" tracebacks over the one-line error the user should see.
+  """
+  sys.stderr.flush()
+  saved_fd = os.dup(2)
+  saved_stderr = sys.stderr
+  with tempfile.TemporaryFile("w+") as sink:
+    os.dup2(sink.fileno(), 2)
+    sys.stderr = sink
+    try:
+      time.sleep(seconds)
+    finally:
+      sys.stderr = saved_stderr
+      os.dup2(saved_fd, 2)
+      os.close(saved_fd)
+      sink.seek(0)
+      noise = sink.read()
+  if noise:
+    logging.debug("Output of reads that outlived a failed restore:\n%s", noise)
+
+
 def _restore_step(directory: str, step: int, items: dict) -> dict:
   manager = _manager(directory, create=False)
   try:
     return manager.restore(step, args=ocp.args.Composite(**items))
   except Exception as e:  # pylint: disable=broad-except
+    _settle_failed_reads()
     raise CheckpointError(
         f"Checkpoint {directory}/{step} is unreadable ({type(e).__name__}: {str(e)[:200]}). "
         "Re-run the training command: it resumes from the epoch before it.") from None

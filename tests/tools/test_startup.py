@@ -48,3 +48,25 @@ def test_verbose_still_shows_the_traceback():
                         capture_output=True, text=True, timeout=120,
                         env={**os.environ, "CXR_JAX_MALLOC_TUNING": "0", "JAX_PLATFORMS": "cpu"})
   assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+SETTLE = textwrap.dedent("""
+    import os, sys, threading, time
+    from cxr_jax import checkpoints
+
+    def straggler():  # A read that outlives a failed restore, printing as it dies.
+      time.sleep(0.2)
+      os.write(2, b"Traceback (from the descriptor)\\\\n")
+      print("Traceback (from sys.stderr)", file=sys.stderr)
+
+    threading.Thread(target=straggler).start()
+    checkpoints._settle_failed_reads(1.0)
+    print("error: Checkpoint ... is unreadable", file=sys.stderr)
+""")
+
+
+def test_reads_outliving_a_failed_restore_do_not_reach_the_console():
+  proc = subprocess.run([sys.executable, "-c", SETTLE], cwd=REPO, capture_output=True,
+                        text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stderr == "error: Checkpoint ... is unreadable\n", proc.stderr
