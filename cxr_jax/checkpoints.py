@@ -17,12 +17,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 
 import jax
 import orbax.checkpoint as ocp
+
+from cxr_jax import stderr_redirect
 
 RUN_DIR = "run"
 LEGACY_BEST_DIR = "best"
@@ -102,18 +103,12 @@ def _settle_failed_reads(seconds: float = 1.0) -> None:
   are still running; their callbacks then find Orbax's event loop closed and print
   "Event loop is closed" tracebacks over the one-line error the user should see.
   """
-  sys.stderr.flush()
-  saved_fd = os.dup(2)
-  saved_stderr = sys.stderr
   with tempfile.TemporaryFile("w+") as sink:
-    os.dup2(sink.fileno(), 2)
-    sys.stderr = sink
+    restore = stderr_redirect.redirect_stderr(sink)
     try:
       time.sleep(seconds)
     finally:
-      sys.stderr = saved_stderr
-      os.dup2(saved_fd, 2)
-      os.close(saved_fd)
+      restore()
       sink.seek(0)
       noise = sink.read()
   if noise:

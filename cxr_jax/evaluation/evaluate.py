@@ -41,8 +41,7 @@ def _ood_summary(fitted, scores: np.ndarray) -> dict:
   flagged = ~fitted.detector.in_distribution(scores)
   return {"kind": fitted.detector.kind, "threshold": fitted.detector.threshold,
           "accept": fitted.detector.accept, "n_flagged": int(flagged.sum()),
-          "folder_shift": ood.folder_shift(int(flagged.sum()), len(flagged),
-                                           fitted.detector.accept),
+          "folder_shift": fitted.detector.folder_verdict(~flagged),
           "fraction_flagged": float(flagged.mean()) if len(flagged) else 0.0,
           "score_quantiles": {str(q): float(np.quantile(scores, q))
                               for q in (0.05, 0.25, 0.5, 0.75, 0.95)} if len(scores) else {}}

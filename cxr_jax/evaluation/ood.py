@@ -96,6 +96,11 @@ class Detector:
       raise ValueError("The detector has no acceptance threshold yet (set_threshold).")
     return np.asarray(scores) <= self.threshold
 
+  def folder_verdict(self, in_distribution: np.ndarray) -> dict:
+    """`folder_shift` of a folder's per-image verdicts: is it, as a whole, unlike training?"""
+    flagged = ~np.asarray(in_distribution, bool)
+    return folder_shift(int(flagged.sum()), len(flagged), self.accept)
+
   def set_threshold(self, val_scores: np.ndarray, accept: float = DEFAULT_ACCEPT) -> None:
     """Accept the fraction `accept` of the validation split (its quantile)."""
     if not 0 < accept <= 1:

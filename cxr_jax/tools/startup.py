@@ -20,6 +20,7 @@ from absl import flags
 from absl import logging as absl_logging
 
 from cxr_jax import sharding
+from cxr_jax import stderr_redirect
 from cxr_jax.tools import malloc_tuning
 
 flags.DEFINE_bool("verbose", False, "Show full tracebacks and library log lines.")
@@ -90,11 +91,7 @@ def _quiet_shutdown() -> None:
   asyncio loop after the interpreter closed it ("Event loop is closed", printed by the
   thread's excepthook): noise after the error the user was given, not a second error.
   """
-  sys.stderr.flush()
-  # At the descriptor: the interpreter restores sys.stderr while it shuts down, and C++
-  # threads write to the descriptor directly.
-  os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
-  sys.stderr = open(os.devnull, "w")  # pylint: disable=consider-using-with
+  stderr_redirect.redirect_stderr(open(os.devnull, "w"))  # pylint: disable=consider-using-with
 
 
 def _guarded(main: Callable, resume_hint: str | None) -> Callable:

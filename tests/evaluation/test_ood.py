@@ -117,6 +117,10 @@ def test_folder_shift_warns_only_when_more_are_flagged_than_chance_allows():
   # Too few images to tell: 1 of 3 flagged is not evidence of a shift.
   assert not ood.folder_shift(1, 3, accept=0.99)["shifted"]
   assert not ood.folder_shift(0, 0, accept=0.99)["shifted"]
+  # A detector's verdict on a folder's per-image flags is the same test at its own accept.
+  detector = ood.Detector("mahalanobis", {}, threshold=1.0, accept=0.99)
+  verdict = detector.folder_verdict(np.arange(300) >= 24)  # 24 of 300 out of distribution.
+  assert verdict == ood.folder_shift(24, 300, accept=0.99) and verdict["shifted"]
 
 
 def test_generated_families_have_the_model_input_shape(tmp_path):

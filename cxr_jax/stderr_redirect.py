@@ -1,0 +1,27 @@
+"""Points standard error (the descriptor and sys.stderr) somewhere else, and back.
+
+At the descriptor, not only sys.stderr: tensorstore's C++ threads write to fd 2
+directly, and the interpreter puts sys.stderr back while it shuts down.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, TextIO
+
+
+def redirect_stderr(target: TextIO) -> Callable[[], None]:
+  """Sends fd 2 and sys.stderr to the open file `target`; returns what undoes it."""
+  sys.stderr.flush()
+  saved_fd, saved_stderr = os.dup(2), sys.stderr
+  os.dup2(target.fileno(), 2)
+  sys.stderr = target
+
+  def restore() -> None:
+    target.flush()
+    sys.stderr = saved_stderr
+    os.dup2(saved_fd, 2)
+    os.close(saved_fd)
+
+  return restore
