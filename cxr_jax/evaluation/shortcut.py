@@ -5,9 +5,9 @@
 Scores a labelled set as it is and with a band of `fraction` of each side replaced by the
 mean intensity of the image's own inner region (a flat band: no marker, text or edge
 left, and no bright or dark frame drawn). A model that reads the lungs barely changes;
-one that leans on the "R" marker or burnt-in text changes its answers. With Grad-CAM, it also reports the share of the
-heatmap that falls in the band, beside the band's share of the image's area (what an
-evenly spread map would give). Nothing is fitted: a measurement, not a selection.
+one that leans on the "R" marker or burnt-in text changes its answers. With Grad-CAM,
+it also reports the share of the heatmap that falls in the band, beside the band's share
+of the image's area (what an evenly spread map would give). Nothing is fitted: a measurement, not a selection.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ def border_probe(predictor, data, fraction: float = 0.08, threshold: float = 0.5
   after = predictor.predict(mask_border(data.images, fraction)).probs
   band_area = float(border_mask(data.images.shape[1], fraction).mean())
   result = {
-      "n": int(len(labels)), "fraction": fraction, "threshold": threshold,
+      "model": predictor.model_name, "n": int(len(labels)), "fraction": fraction,
+      "threshold": threshold,
       "border_area_share": band_area,
       "original": metrics_lib.binary_metrics(labels, before, threshold),
       "border_masked": metrics_lib.binary_metrics(labels, after, threshold),
@@ -84,6 +85,56 @@ def border_probe(predictor, data, fraction: float = 0.08, threshold: float = 0.5
     result["gradcam"] = {"n": int(len(pick)), "mean_border_share": float(share.mean()),
                          "images_over_half_in_border": float(np.mean(share > 0.5))}
   return result
+
+
+SUMMARY_COLUMNS = (("accuracy", ("original", "accuracy")),
+                   ("accuracy masked", ("border_masked", "accuracy")),
+                   ("specificity", ("original", "specificity")),
+                   ("specificity masked", ("border_masked", "specificity")),
+                   ("ROC AUC", ("original", "roc_auc")),
+                   ("ROC AUC masked", ("border_masked", "roc_auc")),
+                   ("NORMAL changed", ("flipped_normal",)),
+                   ("PNEUMONIA changed", ("flipped_pneumonia",)),
+                   ("Grad-CAM in border", ("gradcam", "mean_border_share")))
+
+
+def summarize(results: dict) -> dict:
+  """{model: {column: (mean, std, n)}} over the runs (seeds) of each model.
+
+  results: {workdir: border_probe result with a "model" entry}. std is the sample std
+  (0 for one run); a column a model lacks (Grad-CAM of PCA) is left out.
+  """
+  by_model: dict[str, list[dict]] = {}
+  for r in results.values():
+    by_model.setdefault(r["model"], []).append(r)
+  out = {}
+  for model, runs in by_model.items():
+    out[model] = {}
+    for column, path in SUMMARY_COLUMNS:
+      values = [_get(r, path) for r in runs]
+      values = np.array([v for v in values if v is not None], np.float64)
+      if len(values):
+        std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        out[model][column] = (float(values.mean()), std, int(len(values)))
+  return out
+
+
+def _get(record: dict, path: tuple):
+  for key in path:
+    record = record.get(key) if isinstance(record, dict) else None
+  return record
+
+
+def format_summary(summary: dict) -> str:
+  """A Markdown table of `summarize`: mean ± std over seeds per model."""
+  header = "| model | runs | " + " | ".join(c for c, _ in SUMMARY_COLUMNS) + " |"
+  lines = [header, "|" + "---|" * (len(SUMMARY_COLUMNS) + 2)]
+  for model, cells in summary.items():
+    n = max(v[2] for v in cells.values())
+    row = [f"{cells[c][0]:.3f} ± {cells[c][1]:.3f}" if c in cells else "–"
+           for c, _ in SUMMARY_COLUMNS]
+    lines.append(f"| {model} | {n} | " + " | ".join(row) + " |")
+  return "\n".join(lines)
 
 
 def format_probe(name: str, r: dict) -> str:

@@ -6,7 +6,8 @@
 
 For each workdir: accuracy, specificity, sensitivity and ROC AUC at 0.5 on the images as
 they are and with a band of --fraction of each side made flat; the share of answers that
-change; and the share of Grad-CAM's mass in that band. A measurement only.
+change; and the share of Grad-CAM's mass in that band. With several workdirs, also the
+mean ± std over the runs (seeds) of each model. A measurement only.
 """
 
 if __name__ == "__main__":
@@ -48,6 +49,9 @@ def main(argv):
     print(shortcut.format_probe(f"{predictor.model_name} ({workdir}) on "
                                 f"{FLAGS.data_dir or FLAGS.split}", results[workdir]),
           flush=True)
+  if len(results) > 1:
+    print("Mean ± std over the runs of each model:\n"
+          + shortcut.format_summary(shortcut.summarize(results)))
   if FLAGS.output:
     workdir_lib.write_json(FLAGS.output, results)
     print(f"Wrote {FLAGS.output}")

@@ -1,4 +1,4 @@
-"""The border probe: a model that reads a corner marker is caught, one that reads the centre is not."""
+"""The border probe: a model reading a corner marker is caught, one reading the centre is not."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ class _Fake:
 
   supports_gradcam = True
 
-  def __init__(self, region):
+  def __init__(self, region, name="fake"):
     self.region = region
+    self.model_name = name
 
   def predict(self, images):
     patch = images[:, self.region[0], self.region[1], 0].astype(np.float64)
@@ -72,6 +73,21 @@ def test_a_centre_reader_is_not_affected():
   assert result["flipped"] == 0.0 and result["mean_abs_prob_change"] == 0.0
   assert result["gradcam"]["mean_border_share"] == 0.0
   assert "answers changed: 0.0%" in shortcut.format_probe("centre", result)
+
+
+def test_summary_is_mean_and_std_over_the_runs_of_each_model():
+  corner, centre = (slice(1, 4), slice(1, 4)), (slice(20, 30), slice(20, 30))
+  results = {f"corner/{seed}": shortcut.border_probe(
+      _Fake(corner, "corner"), _marked_set(seed=seed), 0.1, gradcam_images=0) for seed in (0, 1)}
+  results["centre/0"] = shortcut.border_probe(_Fake(centre, "centre"), _marked_set(), 0.1,
+                                              gradcam_images=4)
+  summary = shortcut.summarize(results)
+  assert summary["corner"]["accuracy"] == (1.0, 0.0, 2)
+  assert summary["corner"]["PNEUMONIA changed"] == (1.0, 0.0, 2)
+  assert "Grad-CAM in border" not in summary["corner"]  # Not asked for: left out, not 0.
+  assert summary["centre"]["NORMAL changed"] == (0.0, 0.0, 1)
+  table = shortcut.format_summary(summary)
+  assert "| corner | 2 | 1.000 ± 0.000 | 0.500 ± 0.000 |" in table and "–" in table
 
 
 def test_probe_of_a_trained_debug_model(tmp_path_factory, chest_xray_dir):
