@@ -7,7 +7,8 @@ mean intensity of the image's own inner region (a flat band: no marker, text or 
 left, and no bright or dark frame drawn). A model that reads the lungs barely changes;
 one that leans on the "R" marker or burnt-in text changes its answers. With Grad-CAM,
 it also reports the share of the heatmap that falls in the band, beside the band's share
-of the image's area (what an evenly spread map would give). Nothing is fitted: a measurement, not a selection.
+of the image's area (what an evenly spread map would give). Nothing is fitted: a
+measurement, not a selection.
 """
 
 from __future__ import annotations
