@@ -18,15 +18,11 @@ import numpy as np
 from cxr_jax.evaluation import metrics as metrics_lib
 
 
-def _band(size: int, fraction: float) -> int:
-  if not 0 < fraction < 0.5:
-    raise ValueError(f"The border fraction must be in (0, 0.5); got {fraction}.")
-  return max(1, round(size * fraction))
-
-
 def border_mask(size: int, fraction: float) -> np.ndarray:
   """[size, size] bool: True in the band of `fraction` of each side."""
-  band = _band(size, fraction)
+  if not 0 < fraction < 0.5:
+    raise ValueError(f"The border fraction must be in (0, 0.5); got {fraction}.")
+  band = max(1, round(size * fraction))
   mask = np.ones((size, size), bool)
   mask[band:size - band, band:size - band] = False
   return mask
@@ -34,10 +30,8 @@ def border_mask(size: int, fraction: float) -> np.ndarray:
 
 def mask_border(images: np.ndarray, fraction: float) -> np.ndarray:
   """uint8 [N, S, S, C] with the border band filled by each image's inner mean."""
-  size, band = images.shape[1], _band(images.shape[1], fraction)
-  inner = images[:, band:size - band, band:size - band]
-  mask = border_mask(size, fraction)
-  fill = np.rint(inner.reshape(len(images), -1, images.shape[-1]).mean(axis=1))
+  mask = border_mask(images.shape[1], fraction)
+  fill = np.rint(images[:, ~mask].mean(axis=1))  # [N, C]: each image's inner mean.
   out = images.copy()
   out[:, mask] = fill[:, None, :].astype(np.uint8)
   return out
