@@ -10,16 +10,21 @@ JPEG/PNG training images. Colour images are converted to luma.
 from __future__ import annotations
 
 import io
+import math
 import os
 from typing import Union
 
 import numpy as np
 import pydicom
+from pydicom import encaps
 from pydicom import pixels
 from pydicom.errors import InvalidDicomError
 
 PathOrBytes = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
+# The decompression-bomb limit of every format (decode sets Pillow's from it): the
+# header's Rows x Columns is checked against it before any pixel is allocated.
+MAX_IMAGE_PIXELS = 20_000 * 20_000
 _MAGIC_OFFSET = 128
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # ITU-R BT.601 luma, the weights Pillow's "L" conversion uses for the JPEG/PNG images.
@@ -37,9 +42,10 @@ def _read_dataset(src: PathOrBytes, name: str | None = None) -> pydicom.Dataset:
   if isinstance(src, (bytes, bytearray, memoryview)):
     data = bytes(src)
   else:
+    # decode imports this module; its reader refuses FIFOs and devices before opening.
+    from cxr_jax.data import decode  # pylint: disable=g-import-not-at-top
     name = os.fspath(src)
-    with open(name, "rb") as f:
-      data = f.read()
+    data = decode.read_bytes(name)
   if not data:
     raise ValueError("empty file (0 bytes)")
   if not is_dicom(data, name):
@@ -56,6 +62,65 @@ def _read_dataset(src: PathOrBytes, name: str | None = None) -> pydicom.Dataset:
   if not has_magic and "Rows" not in ds and not any(k in ds for k in _PIXEL_KEYWORDS):
     raise ValueError("not a DICOM file: .dcm name, but no 'DICM' marker and no image elements")
   return ds
+
+
+def _header_int(ds: pydicom.Dataset, keyword: str, default: int | None = None) -> int:
+  try:
+    value = ds.get(keyword, default)  # Converts the raw value: may raise for junk.
+    if value in (None, "") and default is not None:
+      value = default  # An empty Number of Frames means 1, as pydicom reads it.
+    return int(value)
+  except (TypeError, ValueError, OverflowError):
+    raw = ds.get_item(keyword)
+    raw = raw.value if raw is not None else None
+    raise ValueError(f"invalid (0028) {keyword} in the header: {raw!r}") from None
+
+
+def _check_header(ds: pydicom.Dataset, encapsulated: bool) -> None:
+  """Refuses, from the header alone, an image that is absurd or does not fit its payload.
+
+  Runs before decoding: a compressed-image decoder allocates what the header declares
+  (65535 x 65535 x 16 bits is 8 GiB) before it finds out the payload is tiny.
+  """
+  rows, cols = _header_int(ds, "Rows"), _header_int(ds, "Columns")
+  samples, bits = _header_int(ds, "SamplesPerPixel", 1), _header_int(ds, "BitsAllocated")
+  frames = _header_int(ds, "NumberOfFrames", 1) or 1  # 0 is read as 1, as pydicom does.
+  if rows < 1 or cols < 1 or frames < 1:
+    raise ValueError(f"header declares {frames} frame(s) of {cols}x{rows} pixels")
+  if rows * cols > MAX_IMAGE_PIXELS:
+    raise ValueError(f"header declares {cols}x{rows} pixels, more than the limit of "
+                     f"{MAX_IMAGE_PIXELS} (decompression-bomb protection)")
+  if samples not in (1, 3) or bits not in (1, 8, 16, 32, 64):
+    raise ValueError(f"unsupported header: {samples} samples per pixel of {bits} bits")
+  keyword = next(k for k in _PIXEL_KEYWORDS if k in ds)
+  payload = ds[keyword].value or b""
+  if encapsulated:
+    _check_fragments(payload, frames)
+    return
+  frame_bits = rows * cols * samples * bits
+  if str(ds.get("PhotometricInterpretation", "")).upper() == "YBR_FULL_422":
+    frame_bits = frame_bits * 2 // 3  # Two chroma samples shared by two pixels.
+  expected = math.ceil(frame_bits * frames / 8)
+  # Less is truncated; a whole frame more means the header miscounts frames or
+  # samples, so the first "frame" would be a different picture. A few bytes more
+  # (one at least: odd lengths are padded to even) are padding, which pydicom drops.
+  excess = len(payload) - expected
+  if excess < 0 or (excess > 1 and excess >= frame_bits / 8):
+    raise ValueError(f"pixel data holds {len(payload)} bytes, but the header declares "
+                     f"{frames} frame(s) of {cols}x{rows} pixels x {samples} sample(s) x "
+                     f"{bits} bits = {expected} bytes")
+
+
+def _check_fragments(payload: bytes, frames: int) -> None:
+  """Every frame of encapsulated pixel data has at least one fragment of its own."""
+  try:
+    n_items, _ = encaps.parse_fragments(payload)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"malformed encapsulated pixel data: {e}") from None
+  fragments = n_items - 1  # The first item is the Basic Offset Table.
+  if fragments < frames:
+    raise ValueError(f"header declares {frames} frame(s), but the encapsulated pixel data "
+                     f"holds {max(fragments, 0)} fragment(s)")
 
 
 def _decode_first_frame(ds: pydicom.Dataset) -> np.ndarray:
@@ -75,6 +140,7 @@ def _decode_first_frame(ds: pydicom.Dataset) -> np.ndarray:
     syntax = (pydicom.uid.ImplicitVRLittleEndian if implicit and little else
               pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian)
     ds.file_meta.TransferSyntaxUID = syntax
+  _check_header(ds, syntax.is_encapsulated)
   try:
     # index=0 decodes only the first frame of a multi-frame file; YBR colour is
     # converted to RGB (as_rgb defaults to True).

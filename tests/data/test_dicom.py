@@ -7,13 +7,14 @@ unless a test needs otherwise).
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
 from cxr_jax.data import dicom
 
@@ -158,3 +159,80 @@ def test_compressed_without_decoder_raises():
   ds["PixelData"].VR = "OB"
   with pytest.raises(ValueError, match="JPEG-LS"):
     dicom.read_dicom(_to_bytes(ds))
+
+
+def _header_only(rows, cols, syntax=ExplicitVRLittleEndian, samples=1, frames=None,
+                 payload=b"\x00" * 16) -> bytes:
+  """A 16-bit image whose header says what it likes; `payload` is the pixel data."""
+  ds = _dataset(syntax)
+  ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, cols, samples
+  ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+  ds.PhotometricInterpretation = "MONOCHROME2" if samples == 1 else "RGB"
+  if samples == 3:
+    ds.PlanarConfiguration = 0
+  if frames is not None:
+    ds.NumberOfFrames = frames
+  ds.PixelData = payload
+  if syntax.is_encapsulated:
+    ds["PixelData"].VR = "OB"
+  return _to_bytes(ds)
+
+
+@pytest.mark.parametrize("syntax, payload", [
+    (ExplicitVRLittleEndian, b"\x00" * 16),
+    # RLE: pydicom's decoder would allocate the declared 8 GiB before decoding.
+    (RLELossless, encapsulate([b"\x00" * 64])),
+])
+def test_absurd_dimensions_are_refused_from_the_header(monkeypatch, syntax, payload):
+  def must_not_decode(*args, **kwargs):
+    raise AssertionError("pixel data decoded despite an absurd header")
+  monkeypatch.setattr(dicom.pixels, "pixel_array", must_not_decode)
+  for rows, cols in ((65535, 65535), (20_001, 20_000)):
+    with pytest.raises(ValueError, match=f"{cols}x{rows} pixels, more than the limit"):
+      dicom.read_dicom(_header_only(rows, cols, syntax, payload=payload))
+
+
+@pytest.mark.parametrize("header, match", [
+    ({"frames": 10**9}, "8 bytes, but the header declares 1000000000 frame"),
+    ({"frames": 3}, "8 bytes, but the header declares 3 frame"),
+    ({"samples": 3}, "8 bytes, but the header declares 1 frame.*3 sample"),
+    # 2x2 declared, 2x2x3 stored (e.g. RGB saved as gray): the "first frame" would
+    # be a different picture.
+    ({"payload": bytes(24)}, "24 bytes, but the header declares 1 frame"),
+])
+def test_header_that_does_not_fit_the_payload(header, match):
+  with pytest.raises(ValueError, match=match):
+    dicom.read_dicom(_header_only(2, 2, **{"payload": bytes(8), **header}))
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR IS")
+def test_number_of_frames_that_is_not_a_number():
+  # pydicom will not write it, so the stored "7 " is overwritten with "many".
+  data = _header_only(2, 2, frames=7, payload=bytes(8))
+  element = b"\x28\x00\x08\x00IS\x02\x007 "
+  assert data.count(element) == 1
+  data = data.replace(element, b"\x28\x00\x08\x00IS\x04\x00many")
+  with pytest.raises(ValueError, match="invalid \\(0028\\) NumberOfFrames in the header: "
+                                       "'many'"):
+    dicom.read_dicom(data)
+
+
+def test_padding_after_the_pixels_is_tolerated():
+  with pytest.warns(UserWarning, match="excess padding"):  # pydicom drops it.
+    out = dicom.read_dicom(_header_only(2, 2, payload=bytes(8) + b"\x00\x00"))
+  assert out.shape == (2, 2)
+  # A one-pixel 8-bit image: its byte is padded to two, more than its whole frame.
+  assert dicom.read_dicom(_dicom(np.array([[9]], np.uint8), bits_stored=8)).shape == (1, 1)
+
+
+def test_more_frames_than_fragments_is_refused():
+  data = _header_only(4, 4, RLELossless, frames=1000, payload=encapsulate([b"\x00" * 64]))
+  with pytest.raises(ValueError, match="1000 frame\\(s\\), but the encapsulated pixel data "
+                                       "holds 1 fragment"):
+    dicom.read_dicom(data)
+
+
+def test_dicom_path_that_is_a_fifo_is_refused(tmp_path):
+  os.mkfifo(tmp_path / "scan.dcm")
+  with pytest.raises(ValueError, match="FIFO"):
+    dicom.read_dicom(str(tmp_path / "scan.dcm"))
