@@ -1,24 +1,50 @@
-"""The local web page and its JSON endpoint, over HTTP (FastAPI's test client)."""
+"""The web page and its JSON endpoint, over HTTP (FastAPI's test client).
+
+Also what keeps the server safe off localhost: the access token on every API route, the
+refusal to listen beyond loopback without one, the per-request pixel cap read from
+headers, and 503 once every scoring slot is taken.
+"""
 
 from __future__ import annotations
 
+import base64
 import io
+import threading
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from cxr_jax import serve
+from tests.data.test_dicom import _dicom
 from tests.report.test_report import train_debug_workdirs
+
+TOKEN = "correct-horse-battery-staple"
+_SCORERS = {}
+
+
+def debug_scorer(tmp_path_factory, chest_xray_dir) -> serve.Scorer:
+  """The debug cnn_baseline workdir's Scorer, trained and loaded once per session."""
+  root = tmp_path_factory.getbasetemp() / "debug_workdirs"
+  if root not in _SCORERS:
+    workdirs = train_debug_workdirs(root, chest_xray_dir)
+    _SCORERS[root] = serve.Scorer(str(workdirs / "cnn_baseline"))
+  return _SCORERS[root]
+
+
+def _client(app):
+  from fastapi.testclient import TestClient  # pylint: disable=C0415
+  return TestClient(app)
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory, chest_xray_dir):
-  from fastapi.testclient import TestClient  # pylint: disable=C0415
-  workdirs = train_debug_workdirs(tmp_path_factory.getbasetemp() / "debug_workdirs",
-                                  chest_xray_dir)
-  app = serve.create_app(str(workdirs / "cnn_baseline"), max_upload_mb=0.5)
-  return TestClient(app)
+def scorer(tmp_path_factory, chest_xray_dir):
+  return debug_scorer(tmp_path_factory, chest_xray_dir)
+
+
+@pytest.fixture(scope="module")
+def client(scorer):
+  return _client(serve.create_app(scorer.workdir, max_upload_mb=0.5, scorer=scorer))
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -27,11 +53,22 @@ def _png(array: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
+def _blank_png(width: int, height: int) -> bytes:
+  return _png(np.zeros((height, width), np.uint8))  # Compresses to a few kB at any size.
+
+
 def test_page_and_model_info(client):
   page = client.get("/")
   assert page.status_code == 200 and 'type="file"' in page.text and "not a diagnosis" in page.text
+  assert "Up to 32 files per request, 0.5 MB each and 800 megapixels in all." in page.text
   info = client.get("/api/model").json()
   assert info["model"] == "cnn_baseline" and info["operating_point"] == "0.5"
+
+
+def test_page_puts_no_data_in_as_html(client):
+  script = client.get("/").text.split("<script>")[1]
+  assert "innerHTML" not in script and "insertAdjacentHTML" not in script
+  assert "textContent" in script
 
 
 def test_predict_scores_each_file_and_reports_unreadable_ones(client, chest_xray_dir):
@@ -47,7 +84,7 @@ def test_predict_scores_each_file_and_reports_unreadable_ones(client, chest_xray
     assert 0.0 <= r["probability"] <= 1.0 and r["gradcam_png"]
     expected = ("NORMAL", "PNEUMONIA") if r["in_distribution"] else ("OUT_OF_DISTRIBUTION",)
     assert r["label"] in expected
-    Image.open(io.BytesIO(__import__("base64").b64decode(r["gradcam_png"]))).verify()
+    Image.open(io.BytesIO(base64.b64decode(r["gradcam_png"]))).verify()
   assert "error" in rows["broken.jpeg"] and "probability" not in rows["broken.jpeg"]
 
 
@@ -55,6 +92,146 @@ def test_uploads_over_the_limit_are_refused(client):
   big = b"\x00" * (600 * 1024)
   response = client.post("/api/predict", files=[("files", ("big.png", big, "image/png"))])
   assert response.status_code == 413 and "over the 0.5 MB limit" in response.json()["detail"]
+
+
+@pytest.fixture(scope="module")
+def guarded(scorer):
+  return _client(serve.create_app(scorer.workdir, scorer=scorer, token=TOKEN))
+
+
+API_ROUTES = [("get", "/api/model"), ("post", "/api/predict"), ("get", "/openapi.json"),
+              ("get", "/api/docs")]
+
+
+@pytest.mark.parametrize("method,path", API_ROUTES)
+@pytest.mark.parametrize("header", [None, "Bearer wrong-token-of-enough-length",
+                                    f"Basic {TOKEN}", f"Bearer {TOKEN}x", "Bearer"])
+def test_token_is_required_on_every_api_route(guarded, method, path, header):
+  headers = {"Authorization": header} if header else {}
+  response = getattr(guarded, method)(path, headers=headers)
+  assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+  assert "access token" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("method,path", API_ROUTES)
+def test_the_right_token_is_accepted_on_every_api_route(guarded, method, path):
+  kwargs = {"files": [("files", ("x.png", _blank_png(64, 64), "image/png"))]} \
+      if method == "post" else {}
+  response = getattr(guarded, method)(path, headers={"Authorization": f"Bearer {TOKEN}"},
+                                      **kwargs)
+  assert response.status_code == 200, response.text
+
+
+def test_the_page_itself_needs_no_token(guarded):
+  # It holds no data; its script sends the token the user gives it with every API call.
+  assert guarded.get("/").status_code == 200
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "[::1]", "localhost"])
+def test_loopback_needs_no_token(host):
+  serve.check_exposure(host, None)
+  serve.check_exposure(host, TOKEN)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "", "192.168.1.20", "example.org"])
+def test_other_hosts_refuse_to_start_without_a_token(host):
+  with pytest.raises(ValueError, match=f"--host={host} is reachable from other machines "
+                     "and no access token is set: set CXR_JAX_TOKEN"):
+    serve.check_exposure(host, None)
+  serve.check_exposure(host, TOKEN)
+
+
+def test_short_tokens_are_refused():
+  with pytest.raises(ValueError, match="the access token has 6 characters, fewer than 16"):
+    serve.check_exposure("0.0.0.0", "secret")
+  with pytest.raises(ValueError, match="fewer than 16"):
+    serve.create_app("unused", scorer=object(), token="secret")
+
+
+def test_serve_command_refuses_a_public_host_without_a_token(tmp_path):
+  import os, subprocess, sys  # pylint: disable=C0415,C0410
+  from tests.conftest import REPO  # pylint: disable=C0415
+  env = {k: v for k, v in os.environ.items() if k != serve.TOKEN_ENV}
+  proc = subprocess.run([sys.executable, "-m", "cxr_jax.tools.serve",
+                         f"--workdir={tmp_path}", "--host=0.0.0.0"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1
+  assert proc.stderr.startswith("error: ValueError: --host=0.0.0.0 is reachable from other "
+                                "machines and no access token is set"), proc.stderr
+
+
+def test_pixel_cap_reads_headers_of_images_and_dicom():
+  assert serve.header_pixels(_blank_png(300, 200), "a.png") == 60_000
+  assert serve.header_pixels(_dicom(np.zeros((30, 40), np.uint16)), "a.dcm") == 1200
+  assert serve.header_pixels(b"not an image", "a.png") == 0
+
+
+@pytest.fixture(scope="module")
+def capped(scorer):
+  return _client(serve.create_app(scorer.workdir, scorer=scorer, max_megapixels=1))
+
+
+def test_a_file_over_the_pixel_cap_is_refused_before_decoding(capped):
+  # Only the header survives: decoding would fail, so a 413 shows the header was enough.
+  truncated = _blank_png(1200, 1000)[:100]
+  response = capped.post("/api/predict", files=[("files", ("huge.png", truncated, "image/png"))])
+  assert response.status_code == 413
+  assert response.json()["detail"] == ("huge.png has 1.2 megapixels, over the limit of "
+                                       "1 megapixels per request.")
+
+
+def test_the_pixel_cap_counts_the_whole_request(capped):
+  files = [("files", (f"{i}.png", _blank_png(800, 500), "image/png")) for i in range(3)]
+  response = capped.post("/api/predict", files=files)
+  assert response.status_code == 413
+  assert response.json()["detail"].startswith("2.png takes this request to 1.2 megapixels, "
+                                              "over the limit of 1 megapixels per request")
+  assert capped.post("/api/predict", files=files[:2]).status_code == 200
+
+
+def test_dicom_over_the_pixel_cap_is_refused(capped):
+  dcm = _dicom(np.zeros((1100, 1000), np.uint16))
+  response = capped.post("/api/predict", files=[("files", ("big.dcm", dcm, "application/dicom"))])
+  assert response.status_code == 413 and response.json()["detail"].startswith("big.dcm has 1.1")
+
+
+class _BlockedScorer:
+  """Holds every request in `score` until released."""
+
+  def __init__(self):
+    self.started, self.release = threading.Event(), threading.Event()
+
+  def info(self) -> dict:
+    return {"model": "blocked"}
+
+  def score(self, uploads, gradcam=True):
+    del gradcam
+    self.started.set()
+    assert self.release.wait(60)
+    return [{"file": name} for name, _ in uploads]
+
+
+def test_full_scoring_slots_answer_503_with_retry_after():
+  blocked = _BlockedScorer()
+  client = _client(serve.create_app("unused", scorer=blocked, max_concurrent=1))
+  files = [("files", ("x.png", _blank_png(8, 8), "image/png"))]
+  first = {}
+  thread = threading.Thread(target=lambda: first.update(r=client.post("/api/predict",
+                                                                      files=files)))
+  thread.start()
+  try:
+    assert blocked.started.wait(60)
+    busy = client.post("/api/predict", files=files)
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "5"
+    assert busy.json()["detail"] == ("The server is already scoring 1 request(s): "
+                                     "try again in 5 s.")
+    # Scoring runs off the event loop: other routes answer meanwhile.
+    assert client.get("/api/model").json() == {"model": "blocked"}
+  finally:
+    blocked.release.set()
+    thread.join(60)
+  assert first["r"].status_code == 200
+  assert client.post("/api/predict", files=files).json() == {"results": [{"file": "x.png"}]}
 
 
 def test_server_binds_to_localhost_by_default():

@@ -55,13 +55,15 @@ def main(argv):
                              f"--workdir={FLAGS.workdir}", f"--port={port}"],
                             stdout=log, stderr=subprocess.STDOUT, text=True)
   server.log = log
+  profile = tempfile.TemporaryDirectory(prefix="chromium_profile_")
   try:
     url = f"http://127.0.0.1:{port}/"
     _wait_for(url + "api/model", server)
     options = webdriver.ChromeOptions()
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
                 "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=1200,1400"):
+                "--disable-component-update", "--disable-sync", "--window-size=1200,1400",
+                f"--user-data-dir={profile.name}"):  # A fresh profile: no state from before.
       options.add_argument(arg)
     options.binary_location = "/usr/bin/chromium"
     driver = webdriver.Chrome(service=webdriver.ChromeService("/usr/bin/chromedriver"),
@@ -86,6 +88,7 @@ def main(argv):
   finally:
     server.terminate()
     server.wait(timeout=30)
+    profile.cleanup()
 
 
 if __name__ == "__main__":
