@@ -41,8 +41,20 @@ link-shared:
 train: setup
 	$(PY) launch.py --config=$(CONFIG) $(ARGS)
 
-test: setup
+# tests/test_browser.py drives the page in Debian's headless chromium: installed here when
+# missing and root may install it; otherwise that test skips, saying why.
+test: setup browser-deps
 	$(PY) -m pytest $(ARGS)
+
+.PHONY: browser-deps
+browser-deps:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
+	else \
+	  echo "note: chromium/chromedriver missing and not root: tests/test_browser.py will skip" \
+	       "(apt-get install chromium chromium-driver)"; \
+	fi
 
 clean-venv:
 	rm -rf $(VENV)
@@ -86,9 +98,7 @@ export: setup
 serve: setup
 	$(PY) -m cxr_jax.tools.serve --workdir=$(WORKDIR) $(ARGS)
 
-browser-check: setup
-	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+browser-check: setup browser-deps
 	$(PY) -m pip install --quiet selenium==4.51.0
 	$(PY) -m cxr_jax.tools.browser_check --workdir=$(WORKDIR) \
 	  --xray=$$(ls data/chest_xray/test/PNEUMONIA/* | head -1) \
