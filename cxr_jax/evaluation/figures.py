@@ -413,3 +413,24 @@ def risk_coverage(curves: Mapping[str, Mapping], path: str,
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   return _save(fig, path)
+
+
+def accuracy_estimates(points: Mapping[str, tuple[float, float]], path: str,
+                       title: str = "Label-free accuracy estimate against the truth") -> str:
+  """Scatter of {folder: (true accuracy, estimate)} with the y = x line and a ±0.05 band."""
+  _nonempty(points, "accuracy estimates")
+  fig = _figure(6, 6)
+  ax = fig.add_subplot(1, 1, 1)
+  truth = np.array([t for t, _ in points.values()])
+  estimate = np.array([e for _, e in points.values()])
+  low = float(min(truth.min(), estimate.min(), 0.5)) - 0.02
+  line = np.array([low, 1.0])
+  ax.plot(line, line, color="black", lw=1)
+  ax.fill_between(line, line - 0.05, line + 0.05, color="gray", alpha=0.2, label="±0.05")
+  ax.scatter(truth, estimate, s=18)
+  for name, (t, e) in points.items():
+    ax.annotate(name, (t, e), fontsize=6, xytext=(3, 2), textcoords="offset points")
+  ax.set(xlim=(low, 1.0), ylim=(low, 1.0), xlabel="true accuracy", ylabel="estimated accuracy",
+         title=title)
+  ax.legend(loc="lower right")
+  return _save(fig, path)

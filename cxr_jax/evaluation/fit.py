@@ -1,8 +1,10 @@
 """What is fitted after training, on the training and validation splits only, and cached.
 
-  fitted = load_or_fit(predictor)   # .calibration (dict), .detector (ood.Detector)
+  fitted = load_or_fit(predictor)   # .calibration (dict), .detector (ood.Detector),
+                                    # .shift (folder_shift.Reference)
 
-`workdir/calibration.json` holds the temperature (minimising the validation NLL),
+`workdir/shift.npz` holds the folder-level shift test's reference (validation's projected
+features and probabilities, `folder_shift.Reference`). `workdir/calibration.json` holds the temperature (minimising the validation NLL),
 the validation-F1 threshold chosen when training, the thresholds reaching given
 sensitivities on validation and the out-of-distribution detector's settings and
 acceptance threshold (a quantile of validation's scores); `workdir/ood.npz` holds the
@@ -23,12 +25,14 @@ from cxr_jax import data as data_lib
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.data.splits import CLASS_NAMES
 from cxr_jax.evaluation import calibration
+from cxr_jax.evaluation import folder_shift
 from cxr_jax.evaluation import ood
 from cxr_jax.evaluation import scoring
 
 DEFAULT_TARGET_SENSITIVITY = 0.95
-VERSION = 4  # Bumped when what is fitted changes: older caches are refitted.
+VERSION = 5  # Bumped when what is fitted changes: older caches are refitted.
 OOD_FILE = "ood.npz"
+SHIFT_FILE = "shift.npz"
 
 
 def target_key(target: float) -> str:
@@ -104,10 +108,12 @@ def ood_settings(config) -> dict:
 
 @dataclasses.dataclass
 class Fitted:
-  """What was fitted after training: calibration.json's dict and the OOD detector."""
+  """What was fitted after training: calibration.json's dict, the OOD detector and the
+  folder-level shift test's reference."""
   calibration: dict
   detector: ood.Detector
   reused: bool
+  shift: folder_shift.Reference | None = None
 
   def __iter__(self):  # (calibration, reused), as callers unpack it.
     return iter((self.calibration, self.reused))
@@ -133,11 +139,23 @@ def _load_detector(workdir: str, cal: dict) -> ood.Detector | None:
   return detector if detector.threshold == cal["ood"]["threshold"] else None
 
 
-def fit_detector(predictor, val_features, train=None) -> ood.Detector:
+def _load_shift(workdir: str) -> folder_shift.Reference | None:
+  path = workdir_lib.path(workdir, SHIFT_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    return folder_shift.Reference.load(path)
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    logging.warning("Ignoring unreadable %s (%s); refitting.", path, e)
+    return None
+
+
+def fit_detector(predictor, val_features, train=None, train_features=None) -> ood.Detector:
   """The configured detector, fitted on the training split; threshold from validation."""
   settings = ood_settings(predictor.config)
   train = train if train is not None else data_lib.load(predictor.config.data, "train")
-  train_features = predictor.predict(train.images).features
+  if train_features is None:
+    train_features = predictor.predict(train.images).features
   detector = predictor.own_detector(train_features)
   if detector is None:
     logging.info("Fitting the %s out-of-distribution detector on %d training images.",
@@ -148,11 +166,13 @@ def fit_detector(predictor, val_features, train=None) -> ood.Detector:
   return detector
 
 
-def _save(workdir: str, cal: dict, detector: ood.Detector) -> None:
+def _save(workdir: str, cal: dict, detector: ood.Detector,
+          shift: folder_shift.Reference) -> None:
   if jax.process_index() != 0:  # One writer; every process holds the same fit.
     return
   try:
     detector.save(workdir_lib.path(workdir, OOD_FILE))
+    shift.save(workdir_lib.path(workdir, SHIFT_FILE))
     workdir_lib.write_json(workdir_lib.path(workdir, workdir_lib.CALIBRATION_FILE), cal)
   except OSError as e:  # A read-only workdir still gets its predictions.
     logging.warning("Could not cache the calibration in %s: %s", workdir, e)
@@ -171,8 +191,9 @@ def load_or_fit(predictor, target: float | None = None, validation=None, train=N
   if cached is not None and cached.get("source") == source(predictor) and all(
       target_key(t) in cached.get("sensitivity_thresholds", {}) for t in targets):
     detector = _load_detector(predictor.workdir, cached)
-    if detector is not None:
-      return Fitted(cached, detector, True)
+    shift = _load_shift(predictor.workdir)
+    if detector is not None and shift is not None:
+      return Fitted(cached, detector, True, shift)
   if cached is not None:
     targets |= {float(t) for t in cached.get("sensitivity_thresholds", {})}
   logging.info("Fitting temperature, operating points and the out-of-distribution threshold "
@@ -181,9 +202,14 @@ def load_or_fit(predictor, target: float | None = None, validation=None, train=N
                                                                 "validation")
   out = predictor.predict(val.images)
   cal = fit_calibration(val.labels, out.probs, predictor.threshold, sorted(targets))
-  detector = fit_detector(predictor, out.features, train)
+  train = train if train is not None else data_lib.load(predictor.config.data, "train")
+  train_features = predictor.predict(train.images).features
+  detector = fit_detector(predictor, out.features, train, train_features)
   cal["ood"] = {**ood_settings(predictor.config), "kind": detector.kind,
                 "threshold": detector.threshold, "n_val": len(val)}
   cal["source"] = source(predictor)
-  _save(predictor.workdir, cal, detector)
-  return Fitted(cal, detector, False)
+  _, threshold = operating_point(cal, predictor.config)
+  shift = folder_shift.Reference.fit(train_features, out.features, out.probs, val.labels,
+                                     threshold, cal["temperature"])
+  _save(predictor.workdir, cal, detector, shift)
+  return Fitted(cal, detector, False, shift)

@@ -55,6 +55,15 @@ def _blurred(image: np.ndarray) -> np.ndarray:
   return _array(_pil(image).filter(ImageFilter.GaussianBlur(radius)), image.shape[-1])
 
 
+def xray_cases(xrays: np.ndarray, rng) -> dict[str, np.ndarray]:
+  """The XRAY_FAMILIES of `xrays`, image i of each family made from xrays[i] (labels kept)."""
+  return {"inverted": 255 - xrays,
+          "rotated_90": np.rot90(xrays, k=1, axes=(1, 2)).copy(),
+          "upside_down": xrays[:, ::-1].copy(),
+          "quarter_crop": np.stack([_quarter(x, rng) for x in xrays]),
+          "blurred": np.stack([_blurred(x) for x in xrays])}
+
+
 def make_cases(xrays: np.ndarray, n: int = 64, photos_dir: str | None = None,
                prep: data_lib.Preprocess | None = None, seed: int = 0) -> dict[str, np.ndarray]:
   """{family: uint8 images [m, H, W, C]} at the shape of `xrays` (validation images)."""
@@ -68,11 +77,7 @@ def make_cases(xrays: np.ndarray, n: int = 64, photos_dir: str | None = None,
       "constant": np.broadcast_to(rng.integers(0, 256, (n, 1, 1, 1), dtype=np.uint8),
                                   shape).copy(),
       "text": np.stack([_text_image(rng, size, channels) for _ in range(n)]),
-      "inverted": 255 - picked,
-      "rotated_90": np.rot90(picked, k=1, axes=(1, 2)).copy(),
-      "upside_down": picked[:, ::-1].copy(),
-      "quarter_crop": np.stack([_quarter(x, rng) for x in picked]),
-      "blurred": np.stack([_blurred(x) for x in picked]),
+      **xray_cases(picked, rng),
   }
   if photos_dir is not None:
     photos = data_lib.load_files([photos_dir], prep or data_lib.Preprocess(size, channels))
