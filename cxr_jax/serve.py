@@ -135,6 +135,16 @@ def overlay_png(display: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) ->
   return buffer.getvalue()
 
 
+def _folder_json(folder: dict | None) -> dict | None:
+  """What the page shows of the folder verdict: the words, the p-value, the estimate."""
+  if folder is None:
+    return None
+  est = folder["estimated_accuracy"]
+  return {"summary": folder["summary"], "shifted": folder["shifted"],
+          "p_value": folder["p_value"], "estimated_accuracy": est["estimate"],
+          "ci95": est["ci95"]}
+
+
 class Scorer:
   """The workdir's predictor and what was fitted for it, loaded once."""
 
@@ -152,8 +162,9 @@ class Scorer:
             "ood_threshold": self.fitted.detector.threshold,
             "gradcam": self.predictor.supports_gradcam}
 
-  def score(self, uploads: list[tuple[str, bytes]], gradcam: bool = True) -> list[dict]:
-    """One result per (file name, bytes): probability, label, OOD flag, overlay, or error."""
+  def score(self, uploads: list[tuple[str, bytes]], gradcam: bool = True) -> dict:
+    """{"results": one per (file name, bytes): probability, label, OOD flag, overlay, or
+    error; "folder": the folder-level shift test and accuracy estimate (2+ images) or None}."""
     prep = self.predictor.preprocess
     rows, images, displays, positions = [], [], [], []
     for name, data in uploads:
@@ -166,7 +177,7 @@ class Scorer:
       except (decode.ImageDecodeError, ValueError) as e:
         rows.append({"file": name, "error": str(e)})
     if not images:
-      return rows
+      return {"results": rows, "folder": None}
     batch = np.stack(images)
     scored = predict.score_images(self.predictor, self.fitted, batch)
     cams = (self.predictor.gradcam(batch) if gradcam and self.predictor.supports_gradcam
@@ -181,7 +192,7 @@ class Scorer:
           label=CLASS_NAMES[label] if accepted else predict.OUT_OF_DISTRIBUTION)
       if cams is not None:
         rows[i]["gradcam_png"] = base64.b64encode(overlay_png(displays[k], cams[k])).decode()
-    return rows
+    return {"results": rows, "folder": _folder_json(scored["folder"])}
 
 
 PAGE = """<!doctype html>
@@ -287,6 +298,7 @@ document.getElementById('form').addEventListener('submit', async (e) => {
   const body = await reply(response);
   if (!response.ok) return problem(response, body);
   status.textContent = `${body.results.length} file(s) scored.`;
+  if (body.folder) add(out, 'p', body.folder.summary, body.folder.shifted ? 'error' : '');
   for (const r of body.results) out.appendChild(card(r));
 });
 loadModel();
@@ -356,7 +368,7 @@ def create_app(workdir: str, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, score
                           headers={"Retry-After": str(RETRY_AFTER_S)})
     try:
       # In a worker thread: the page and /api/model keep answering while a batch scores.
-      return {"results": await run_in_threadpool(scorer.score, uploads, gradcam)}
+      return await run_in_threadpool(scorer.score, uploads, gradcam)
     finally:
       slots.release()
 

@@ -25,6 +25,7 @@ from cxr_jax.data.splits import CLASS_NAMES
 from cxr_jax.evaluation import adaptation
 from cxr_jax.evaluation import figures
 from cxr_jax.evaluation import fit
+from cxr_jax.evaluation import folder_shift
 from cxr_jax.evaluation import ood
 from cxr_jax.evaluation import predictor as predictor_lib
 from cxr_jax.evaluation import scoring
@@ -138,6 +139,7 @@ def predict_files(workdir: str, paths, output: str, gradcam_dir: str | None = No
       "n_out_of_distribution": int((~accepted).sum()),
       "ood_kind": fitted.detector.kind, "ood_threshold": fitted.detector.threshold,
       "folder_shift": fitted.detector.folder_verdict(accepted),
+      "folder": scored["folder"],
       "operating_point": scored["point"], "threshold": scored["threshold"],
       "raw_threshold": scored["raw_threshold"], "temperature": scored["temperature"],
       "calibration_reused": fitted.reused, "n_overlays": len(overlays),
@@ -155,14 +157,16 @@ def score_images(predictor, fitted: fit.Fitted, images: np.ndarray,
     out = predictor.predict(images)
     raw = np.asarray(out.probs, np.float64)
     ood_scores = fitted.detector.score(out.features)
+    folder = folder_judgement(fitted, out.features, raw)
   else:
-    raw, ood_scores = np.zeros(0), np.zeros(0)
+    raw, ood_scores, folder = np.zeros(0), np.zeros(0), None
   scored = {"raw": raw, "probs": scoring.calibrate_probs(raw, temperature) if len(raw) else raw,
             # The model's own scale, as evaluate does.
             "labels": (raw >= raw_threshold).astype(int), "point": point,
             "raw_threshold": raw_threshold, "temperature": temperature,
             "threshold": float(scoring.calibrate_probs([raw_threshold], temperature)[0]),
-            "ood_scores": ood_scores, "accepted": fitted.detector.in_distribution(ood_scores)}
+            "ood_scores": ood_scores, "accepted": fitted.detector.in_distribution(ood_scores),
+            "folder": folder}
   if adapt != "none" and len(images):
     # The adapted posteriors are calibrated and re-weighted: the Bayes decision is at 0.5.
     adapted = adaptation.adapt(predictor, images, adapt, temperature)
@@ -170,6 +174,13 @@ def score_images(predictor, fitted: fit.Fitted, images: np.ndarray,
         adapted["probs"] >= 0.5).astype(int), point=f"{adapt}_adapted_0.5", raw_threshold=0.5,
                   threshold=0.5, estimated_prior=adapted["prior"])
   return scored
+
+
+def folder_judgement(fitted: fit.Fitted, features, raw_probs) -> dict | None:
+  """The folder-level shift test and accuracy estimate of scored images (2 or more)."""
+  if fitted.shift is None or len(raw_probs) < 2:
+    return None
+  return folder_shift.judge(fitted.shift, features, raw_probs)
 
 
 def format_summary(s: dict) -> str:
@@ -188,6 +199,8 @@ def format_summary(s: dict) -> str:
   warning = ood.shift_warning(s["n_out_of_distribution"], s["n_scored"], s["folder_shift"])
   if warning:
     lines.insert(2, "  " + warning)
+  if s.get("folder"):
+    lines.insert(2, "  " + s["folder"]["summary"])
   for path, reason in list(s["errors"].items())[:10]:
     lines.append(f"  unreadable: {path}: {reason}")
   if s["n_errors"] > 10:
