@@ -139,11 +139,10 @@ class _Decoded:
 
 def _decode_source(path: str) -> _Decoded:
   """Reads, hashes and decodes one file to the PNG that is stored (or the reason it can't be)."""
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-  except OSError as e:  # E.g. removed or unreadable since it was listed.
-    return _Decoded(sha256="", error=f"{type(e).__name__}: {e}")
+  try:  # The one reader: a FIFO or device in the manual folder is refused, never read.
+    data = decode.read_bytes(path)
+  except decode.ImageDecodeError as e:  # Also: removed or unreadable since it was listed.
+    return _Decoded(sha256="", error=str(e))
   sha256 = hashlib.sha256(data).hexdigest()
   try:
     img = decode.open_bytes(data, path)

@@ -279,3 +279,10 @@ def test_first_use_builds_and_tfds_build_command_builds(built, tmp_path):
   assert {s: cli_builder.info.splits[s].num_examples for s in tfds_builder.SPLITS} == {
       s: len(names) for s, names in expected.items()}
 
+
+
+def test_a_fifo_among_the_sources_is_an_unreadable_file_not_a_hang(tmp_path):
+  fifo = tmp_path / "pipe.jpeg"
+  os.mkfifo(fifo)
+  decoded = tfds_builder._decode_source(str(fifo))  # pylint: disable=protected-access
+  assert decoded.sha256 == "" and "not a regular file" in decoded.error
