@@ -48,8 +48,28 @@ def _evaluations(workdir: str) -> dict[str, dict]:
                  "ood_fraction_flagged": (result.get("ood") or {}).get("fraction_flagged"),
                  "unlike_training": ((result.get("ood") or {}).get("folder_shift") or {}).get(
                      "shifted"),
-                 "adapted": (result.get("adapted") or {}).get("at_0.5")}
+                 "adapted": (result.get("adapted") or {}).get("at_0.5"),
+                 "folder": _folder(result.get("folder"))}
   return out
+
+
+def _folder(folder: dict | None) -> dict | None:
+  """The folder-level shift test and accuracy estimate of an evaluation, or None."""
+  if not folder or "estimated_accuracy" not in folder:
+    return None
+  est = folder["estimated_accuracy"]
+  return {"shifted": folder["shifted"], "p_value": folder["p_value"],
+          "estimated_accuracy": est.get("estimate"), "ci95": est.get("ci95"),
+          "estimator": est.get("method")}
+
+
+def _folder_cell(folder: dict | None) -> str:
+  if not folder or folder.get("estimated_accuracy") is None:
+    return "–"
+  low, high = folder["ci95"]
+  verdict = "⚠ shifted" if folder["shifted"] else "not distinguishable"
+  return (f"{verdict} (p = {folder['p_value']:.2g}); estimated accuracy "
+          f"{folder['estimated_accuracy']:.3f} ({low:.3f}-{high:.3f})")
 
 
 def card(workdir: str) -> dict:
@@ -120,7 +140,8 @@ def card(workdir: str) -> dict:
 
 def _metrics_table(evaluations: dict) -> list[str]:
   lines = ["| set | images | operating point | accuracy | sensitivity | specificity | F1 | "
-           "ROC AUC | flagged OOD |", "|---|---|---|---|---|---|---|---|---|"]
+           "ROC AUC | flagged OOD | folder vs validation, without labels |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for name, e in evaluations.items():
     m = e["metrics"]
     cells = [f"{m[k]:.3f}" if m.get(k) is not None else "–" for k in METRICS]
@@ -129,7 +150,11 @@ def _metrics_table(evaluations: dict) -> list[str]:
     if e.get("unlike_training"):
       shown += " ⚠ unlike the training data: metrics here do not transfer"
     lines.append(f"| {name} (`{e['data_dir']}`) | {e['n']} | {e.get('operating_point')} | "
-                 + " | ".join(cells) + f" | {shown} |")
+                 + " | ".join(cells) + f" | {shown} | {_folder_cell(e.get('folder'))} |")
+  lines += ["", "The last column is the folder-level two-sample test against validation (MMD on "
+            "features, KS on probabilities) and the label-free accuracy estimate "
+            "(docs/folder_shift.md): a shifted folder's images differ from validation's, which "
+            "says the validation numbers may not carry over, not that the model is wrong there."]
   return lines
 
 
