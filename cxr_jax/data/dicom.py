@@ -20,6 +20,8 @@ from pydicom import encaps
 from pydicom import pixels
 from pydicom.errors import InvalidDicomError
 
+from cxr_jax.data import files
+
 PathOrBytes = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
 # The decompression-bomb limit of every format (decode sets Pillow's from it): the
@@ -42,10 +44,8 @@ def _read_dataset(src: PathOrBytes, name: str | None = None) -> pydicom.Dataset:
   if isinstance(src, (bytes, bytearray, memoryview)):
     data = bytes(src)
   else:
-    # decode imports this module; its reader refuses FIFOs and devices before opening.
-    from cxr_jax.data import decode  # pylint: disable=g-import-not-at-top
     name = os.fspath(src)
-    data = decode.read_bytes(name)
+    data = files.read_bytes(name)  # Refuses FIFOs and devices before opening.
   if not data:
     raise ValueError("empty file (0 bytes)")
   if not is_dicom(data, name):

@@ -18,6 +18,7 @@ from PIL import Image
 from configs import base as base_config
 from cxr_jax import data as data_lib
 from cxr_jax.data import decode
+from cxr_jax.data import files
 from cxr_jax.data import folder
 from tests.conftest import make_class_folder, write_image
 
@@ -162,7 +163,7 @@ def test_searched_folder_links_are_not_followed(tmp_path):
 
 
 def test_oversized_file_is_refused_before_reading(tmp_path, monkeypatch):
-  monkeypatch.setattr(decode, "MAX_FILE_BYTES", 100)
+  monkeypatch.setattr(files, "MAX_FILE_BYTES", 100)
   (tmp_path / "big.png").write_bytes(bytes(200))
   with pytest.raises(decode.ImageDecodeError, match="more than the limit of 100"):
     decode.read_bytes(str(tmp_path / "big.png"))
