@@ -434,3 +434,31 @@ def accuracy_estimates(points: Mapping[str, tuple[float, float]], path: str,
          title=title)
   ax.legend(loc="lower right")
   return _save(fig, path)
+
+
+def cue_distributions(cues: Mapping[str, Sequence[float]], labels, path: str,
+                      title: str = "Acquisition cues by class") -> str:
+  """One histogram per cue, NORMAL against PNEUMONIA, its single-cue ROC AUC in the title."""
+  _nonempty(cues, "cues")
+  labels = np.asarray(labels)
+  names = list(cues)
+  ncols = 4
+  nrows = (len(names) + ncols - 1) // ncols
+  fig = _figure(3.2 * ncols, 2.4 * nrows)
+  for k, name in enumerate(names):
+    ax = fig.add_subplot(nrows, ncols, k + 1)
+    values = np.asarray(cues[name], float)
+    ok = np.isfinite(values)
+    if ok.sum() == 0 or np.ptp(values[ok]) == 0:
+      ax.set_title(f"{name} (no spread)", fontsize=8)
+      continue
+    bins = np.linspace(values[ok].min(), values[ok].max(), 30)
+    for c, class_name in enumerate(CLASS_NAMES):
+      ax.hist(values[ok & (labels == c)], bins=bins, alpha=0.5, density=True, label=class_name)
+    auc = (skm.roc_auc_score(labels[ok], values[ok]) if len(np.unique(labels[ok])) == 2
+           else float("nan"))
+    ax.set_title(f"{name}: AUC {auc:.2f}", fontsize=8)
+    ax.tick_params(labelsize=6)
+  fig.axes[0].legend(fontsize=6)
+  fig.suptitle(title)
+  return _save(fig, path)

@@ -69,12 +69,12 @@ class Severities:
                {k: float(np.quantile(v, 0.95)) for k, v in c.items()})
 
 
-def _to_uint8(g: np.ndarray, channels: int) -> np.ndarray:
+def to_uint8(g: np.ndarray, channels: int) -> np.ndarray:
   out = np.clip(np.round(g * 255.0), 0, 255).astype(np.uint8)[..., None]
   return np.repeat(out, channels, axis=-1)
 
 
-def _scale_border(g: np.ndarray, target: float) -> np.ndarray:
+def scale_border(g: np.ndarray, target: float) -> np.ndarray:
   mask = border_mask(*g.shape[1:])
   current = np.maximum(g[:, mask].mean(axis=1), 1e-3)
   out = g.copy()
@@ -82,19 +82,19 @@ def _scale_border(g: np.ndarray, target: float) -> np.ndarray:
   return out
 
 
-def _gamma(g: np.ndarray, target_median: float) -> np.ndarray:
+def set_median(g: np.ndarray, target_median: float) -> np.ndarray:
   median = np.clip(np.median(g.reshape(len(g), -1), axis=1), 1e-3, 0.999)
-  gamma = np.log(target_median) / np.log(median)
+  gamma = np.log(np.clip(target_median, 1e-3, 0.999)) / np.log(median)
   return np.power(np.clip(g, 1e-6, 1.0), gamma[:, None, None])
 
 
-def _black_level(g: np.ndarray, target: float) -> np.ndarray:
+def set_black_level(g: np.ndarray, target: float) -> np.ndarray:
   p5 = np.quantile(g.reshape(len(g), -1), 0.05, axis=1)
   lift = np.clip((target - p5) / np.maximum(1.0 - p5, 1e-3), 0.0, 1.0)[:, None, None]
   return lift + g * (1.0 - lift)
 
 
-def _contrast(g: np.ndarray, target: float) -> np.ndarray:
+def set_contrast(g: np.ndarray, target: float) -> np.ndarray:
   flat = g.reshape(len(g), -1)
   p5, p95 = np.quantile(flat, [0.05, 0.95], axis=1)
   centre = flat.mean(axis=1)[:, None, None]
@@ -152,14 +152,14 @@ def perturb(images: np.ndarray, family: str, severities: Severities, seed: int =
   """`images` (uint8 [N, H, W, C]) as `family` would acquire them."""
   channels = images.shape[-1]
   g = gray(images)
-  simple = {"border_dark": lambda: _scale_border(g, severities.low["border"]),
-            "border_bright": lambda: _scale_border(g, severities.high["border"]),
-            "gamma_dark": lambda: _gamma(g, severities.low["median"]),
-            "gamma_bright": lambda: _gamma(g, severities.high["median"]),
-            "black_level": lambda: _black_level(g, severities.high["black_level"]),
-            "low_contrast": lambda: _contrast(g, severities.low["contrast"])}
+  simple = {"border_dark": lambda: scale_border(g, severities.low["border"]),
+            "border_bright": lambda: scale_border(g, severities.high["border"]),
+            "gamma_dark": lambda: set_median(g, severities.low["median"]),
+            "gamma_bright": lambda: set_median(g, severities.high["median"]),
+            "black_level": lambda: set_black_level(g, severities.high["black_level"]),
+            "low_contrast": lambda: set_contrast(g, severities.low["contrast"])}
   if family in simple:
-    return _to_uint8(simple[family](), channels)
+    return to_uint8(simple[family](), channels)
   if family == "low_resolution":
     return _resample(images, resample_factor(images, severities))
   if family == "jpeg":
