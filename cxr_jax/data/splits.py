@@ -113,6 +113,51 @@ def patient_grouped_split(examples: Sequence[Example], val_fraction: float, seed
   return train, val
 
 
+def file_series(filename: str) -> str:
+  """The acquisition series of a Kermany file name: IM, NORMAL2-IM, bacteria, virus, other."""
+  name = os.path.basename(filename).lower()
+  if name.startswith("normal2-im-"):
+    return "NORMAL2-IM"
+  if name.startswith("im-"):
+    return "IM"
+  for kind in ("bacteria", "virus"):
+    if f"_{kind}_" in name:
+      return kind
+  return "other"
+
+
+def _patient_number(patient: str) -> int:
+  digits = re.sub(r"\D", "", patient)
+  return int(digits) if digits else 0
+
+
+def blocked_patient_split(examples: Sequence[Example], val_fraction: float, seed: int
+                          ) -> tuple[list[Example], list[Example]]:
+  """(train, val) holding out one contiguous block of patient ids per file-name series.
+
+  Blocked cross-validation for data with acquisition-order structure (Roberts et al.
+  2017): within each series the patients, in id order, are cut into round(1/val_fraction)
+  blocks and block `seed % n_blocks` is validation, so validation's patients were
+  acquired apart from training's rather than interleaved with them.
+  """
+  if not 0.0 < val_fraction < 1.0:
+    raise ValueError(f"val_fraction must be in (0, 1) for a blocked split, got {val_fraction}.")
+  n_blocks = max(2, round(1.0 / val_fraction))
+  series: dict[str, list[str]] = {}
+  for ex in examples:
+    patients = series.setdefault(file_series(ex.path), [])
+    if ex.patient_id not in patients:
+      patients.append(ex.patient_id)
+  val_patients: set[str] = set()
+  for patients in series.values():
+    ordered = sorted(set(patients), key=lambda p: (_patient_number(p), p))
+    blocks = np.array_split(np.arange(len(ordered)), n_blocks)
+    val_patients.update(ordered[i] for i in blocks[seed % n_blocks])
+  train = [ex for ex in examples if ex.patient_id not in val_patients]
+  val = [ex for ex in examples if ex.patient_id in val_patients]
+  return train, val
+
+
 def class_counts(examples: Sequence[Example]) -> dict[str, int]:
   counts = {name: 0 for name in CLASS_NAMES}
   for ex in examples:

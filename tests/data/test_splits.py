@@ -56,3 +56,22 @@ def test_bad_layouts_raise_naming_the_path(tmp_path, class_folder, caplog):
     examples = splits.list_class_folder(str(class_folder))
   assert "COVID" in caplog.text
   assert [e.label for e in examples] == [0] * 4 + [1] * 4
+
+
+def test_blocked_split_holds_out_one_contiguous_block_of_ids_per_series():
+  examples = []
+  for i in range(100, 140):
+    examples.append(splits.Example(f"NORMAL/IM-{i:04d}-0001.jpeg", 0, f"IM-{i:04d}"))
+    examples.append(splits.Example(f"PNEUMONIA/person{i}_bacteria_{i}.jpeg", 1, f"person{i}"))
+    examples.append(splits.Example(f"PNEUMONIA/person{i + 500}_virus_{i}.jpeg", 1,
+                                   f"person{i + 500}"))
+  train, val = splits.blocked_patient_split(examples, 0.25, seed=1)
+  assert not {e.patient_id for e in train} & {e.patient_id for e in val}
+  assert len(val) == len(examples) // 4
+  for kind in ("IM", "bacteria", "virus"):
+    ids = sorted(int("".join(c for c in e.patient_id if c.isdigit())) for e in val
+                 if splits.file_series(e.path) == kind)
+    assert len(ids) == 10 and ids == list(range(ids[0], ids[0] + 10)), kind  # Contiguous.
+  assert splits.file_series("NORMAL2-IM-1427-0001.jpeg") == "NORMAL2-IM"
+  other = splits.blocked_patient_split(examples, 0.25, seed=2)[1]
+  assert {e.patient_id for e in other} != {e.patient_id for e in val}

@@ -128,3 +128,26 @@ def test_a_debug_workdir_fits_its_reference_and_judges_a_folder(tmp_path_factory
   result = folder_shift.judge(fitted.shift, out.features, out.probs)
   assert result["features"]["p_value"] < 0.05 and result["shifted"]
   assert 0 <= result["estimated_accuracy"]["estimate"] <= 1
+
+
+def test_stress_scores_every_family_and_finds_the_worst():
+  from cxr_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  from cxr_jax.evaluation import stress  # pylint: disable=import-outside-toplevel
+  images = _xrays(n=40)
+  labels = (np.arange(40) % 2).astype(np.int32)
+  val = data_lib.DecodedSet(images, labels, [str(i) for i in range(40)],
+                            [str(i) for i in range(40)], [])
+
+  class Border(predictor_lib.Predictor):  # Reads the border band only: a shortcut model.
+    def __init__(self):
+      pass
+
+    def predict(self, x):
+      g = x[..., 0].astype(np.float32) / 255.0
+      return predictor_lib.Output(np.clip(g[:, :, :3].mean(axis=(1, 2)), 0.01, 0.99), None)
+
+  result = stress.stress_scores(Border(), val, perturbations.Severities.fit(images), 0.5)
+  assert set(result["families"]) == set(perturbations.FAMILIES)
+  assert result["worst"]["log_loss"] >= result["mean"]["log_loss"] >= 0
+  assert result["worst"]["log_loss_family"] in ("border_dark", "border_bright", "gamma_dark",
+                                                "gamma_bright", "black_level", "low_contrast")
