@@ -10,7 +10,7 @@ exposes, collimates or compresses differently but stays within what training sho
   black_level                 the black level (5th percentile intensity) lifted to its 95th
   low_contrast                the 5-95% intensity range compressed to its 5th percentile
   low_resolution              down- then up-sampling by the first factor (of RESAMPLE_FACTORS)
-                              whose median sharpness falls to training's 5th percentile
+                              that takes training's median sharpness to its 5th percentile
   jpeg                        re-encoded at JPEG_QUALITY (the originals' quality can't be
                               read from the 224 px copies, so this one is fixed)
   marker                      a bright lead-marker letter in a random corner
@@ -58,15 +58,20 @@ def cues(images: np.ndarray) -> dict[str, np.ndarray]:
 
 @dataclasses.dataclass(frozen=True)
 class Severities:
-  """The training split's 5th and 95th percentile of each cue."""
+  """The training split's 5th and 95th percentile of each cue, and the resampling factor
+  that brings training's median sharpness down to its 5th percentile."""
   low: dict
   high: dict
+  resample_factor: float = RESAMPLE_FACTORS[-1]
 
   @classmethod
-  def fit(cls, train_images: np.ndarray) -> "Severities":
+  def fit(cls, train_images: np.ndarray, seed: int = 0) -> "Severities":
     c = cues(train_images)
-    return cls({k: float(np.quantile(v, 0.05)) for k, v in c.items()},
-               {k: float(np.quantile(v, 0.95)) for k, v in c.items()})
+    low = {k: float(np.quantile(v, 0.05)) for k, v in c.items()}
+    sample = train_images[np.random.default_rng(seed).choice(
+        len(train_images), min(256, len(train_images)), replace=False)]
+    return cls(low, {k: float(np.quantile(v, 0.95)) for k, v in c.items()},
+               resample_factor(sample, low["sharpness"]))
 
 
 def to_uint8(g: np.ndarray, channels: int) -> np.ndarray:
@@ -113,10 +118,10 @@ def _resample(images: np.ndarray, factor: float) -> np.ndarray:
   return out
 
 
-def resample_factor(images: np.ndarray, severities: Severities) -> float:
-  """The first factor whose median sharpness reaches training's 5th percentile."""
+def resample_factor(images: np.ndarray, target_sharpness: float) -> float:
+  """The first factor whose median sharpness on `images` reaches `target_sharpness`."""
   for factor in RESAMPLE_FACTORS:
-    if np.median(cues(_resample(images[:64], factor))["sharpness"]) <= severities.low["sharpness"]:
+    if np.median(cues(_resample(images, factor))["sharpness"]) <= target_sharpness:
       return factor
   return RESAMPLE_FACTORS[-1]
 
@@ -161,7 +166,7 @@ def perturb(images: np.ndarray, family: str, severities: Severities, seed: int =
   if family in simple:
     return to_uint8(simple[family](), channels)
   if family == "low_resolution":
-    return _resample(images, resample_factor(images, severities))
+    return _resample(images, severities.resample_factor)
   if family == "jpeg":
     return _jpeg(images)
   if family == "marker":

@@ -175,8 +175,7 @@ def run(predictor, full_ref, train, val, test=None, fullres=None, trials: int = 
     add_adabn_column(predictor, half_ref, val.images[order[: len(val) // 2]], errors,
                      {n: x for n, (x, _) in folders.items()})
   result = {"severities": {"low": severities.low, "high": severities.high,
-                           "resample_factor": perturbations.resample_factor(
-                               val.images[judged], severities),
+                           "resample_factor": severities.resample_factor,
                            "jpeg_quality": perturbations.JPEG_QUALITY},
             "estimators_on_generated": errors, "choice": choose_estimator(errors)}
   progress("False alarms on random halves of validation.")
