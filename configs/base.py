@@ -27,6 +27,9 @@ def get_config():
   config.data.channels = 1  # X-rays are gray; MobileNetV2 repeats to 3 channels itself.
   config.data.val_fraction = splits.DEFAULT_VAL_FRACTION  # Of train/, carved out by patient.
   config.data.split_seed = splits.DEFAULT_SPLIT_SEED
+  # "random" patients, or "blocked": one contiguous block of patient ids per file-name
+  # series held out (acquisition-order structure; splits.blocked_patient_split).
+  config.data.split = splits.DEFAULT_SPLIT_KIND
   config.data.max_images_per_class = 0  # > 0 keeps only that many per class (debug runs).
   # Images with a shorter side are skipped with a reason: nothing to see at that size.
   config.data.min_image_side = 32
@@ -150,6 +153,7 @@ VARIANTS = {
     "s128": _image_size(128),
     "s160": _image_size(160),
     "s192": _image_size(192),
+    "blocked": _set(**{"data.split": "blocked"}),
 }
 
 

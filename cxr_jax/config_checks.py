@@ -14,6 +14,7 @@ import jax
 from cxr_jax import models
 from cxr_jax import ops
 from cxr_jax.data import augment
+from cxr_jax.data import splits
 
 SELECTION_METRICS = ("loss", "auc", "f1")
 CLASS_WEIGHTS = ("balanced", "none")
@@ -83,6 +84,8 @@ def _check_data(config, for_training: bool) -> None:
   _one_of(config, "data.channels", (1, 3))
   _number_in(config, "data.val_fraction", 0.0, 1.0, low_open=True, high_open=True)
   _int_at_least(config, "data.split_seed", 0)
+  if "split" in data:
+    _one_of(config, "data.split", splits.SPLIT_KINDS)
   _int_at_least(config, "data.max_images_per_class", 0)
   if "min_image_side" in data:
     _int_at_least(config, "data.min_image_side", 1)

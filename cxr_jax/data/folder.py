@@ -93,8 +93,9 @@ def require_some(data: dataset.DecodedSet, n_files: int, description: str) -> No
 
 
 def log_split(train: dataset.DecodedSet, val: dataset.DecodedSet, data_config) -> None:
-  logging.info("Patient-grouped split (val_fraction=%.2f, seed=%d): train %s from %d patients, "
-               "validation %s from %d patients.", data_config.val_fraction,
+  logging.info("Patient-grouped %s split (val_fraction=%.2f, seed=%d): train %s from %d "
+               "patients, validation %s from %d patients.", splits.split_kind(data_config),
+               data_config.val_fraction,
                data_config.split_seed, train.class_counts(), len(set(train.patient_ids)),
                val.class_counts(), len(set(val.patient_ids)))
 
@@ -106,7 +107,8 @@ def load_train_val(data_config, progress=None) -> tuple[dataset.DecodedSet, data
   """
   train_ex, val_ex = splits.train_val_examples(data_config.data_dir, data_config.val_fraction,
                                                data_config.split_seed,
-                                               data_config.max_images_per_class)
+                                               data_config.max_images_per_class,
+                                               splits.split_kind(data_config))
   description = f"train/ of {data_config.data_dir}"
   decoded = decode_listed(screen_examples(train_ex + val_ex),
                           decode.Preprocess.from_config(data_config), description, progress)

@@ -20,6 +20,9 @@ SPLITS = ("train", "validation", "test")
 # The patient-grouped validation split of Kaggle's train/ (configs/base.py uses these).
 DEFAULT_VAL_FRACTION = 0.15
 DEFAULT_SPLIT_SEED = 0
+# How validation is carved out of train/: random patients, or contiguous id blocks.
+SPLIT_KINDS = ("random", "blocked")
+DEFAULT_SPLIT_KIND = "random"
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 # person1481_bacteria_3862.jpeg -> person1481
@@ -136,26 +139,45 @@ def blocked_patient_split(examples: Sequence[Example], val_fraction: float, seed
   """(train, val) holding out one contiguous block of patient ids per file-name series.
 
   Blocked cross-validation for data with acquisition-order structure (Roberts et al.
-  2017): within each series the patients, in id order, are cut into round(1/val_fraction)
-  blocks and block `seed % n_blocks` is validation, so validation's patients were
-  acquired apart from training's rather than interleaved with them.
+  2017). Each patient belongs to the series most of their files are in; within a series
+  the patients, in id order, are cut into blocks of about `val_fraction` of its images,
+  and block `seed % n_blocks` is validation, so validation's patients were acquired apart
+  from training's rather than interleaved with them.
   """
   if not 0.0 < val_fraction < 1.0:
     raise ValueError(f"val_fraction must be in (0, 1) for a blocked split, got {val_fraction}.")
   n_blocks = max(2, round(1.0 / val_fraction))
-  series: dict[str, list[str]] = {}
+  files: dict[str, list[str]] = {}
   for ex in examples:
-    patients = series.setdefault(file_series(ex.path), [])
-    if ex.patient_id not in patients:
-      patients.append(ex.patient_id)
+    files.setdefault(ex.patient_id, []).append(file_series(ex.path))
+  series: dict[str, list[str]] = {}
+  for patient, kinds in files.items():
+    series.setdefault(max(sorted(set(kinds)), key=kinds.count), []).append(patient)
   val_patients: set[str] = set()
   for patients in series.values():
-    ordered = sorted(set(patients), key=lambda p: (_patient_number(p), p))
-    blocks = np.array_split(np.arange(len(ordered)), n_blocks)
-    val_patients.update(ordered[i] for i in blocks[seed % n_blocks])
+    ordered = sorted(patients, key=lambda p: (_patient_number(p), p))
+    counts = np.array([len(files[p]) for p in ordered])
+    # Block of each patient by where its images start in the series' cumulative count.
+    starts = (np.cumsum(counts) - counts) / counts.sum()
+    blocks = np.minimum((starts * n_blocks).astype(int), n_blocks - 1)
+    val_patients.update(p for p, b in zip(ordered, blocks) if b == seed % n_blocks)
   train = [ex for ex in examples if ex.patient_id not in val_patients]
   val = [ex for ex in examples if ex.patient_id in val_patients]
   return train, val
+
+
+def split_kind(data_config) -> str:
+  """config.data.split; configs from before it existed split at random."""
+  return str(data_config.get("split", DEFAULT_SPLIT_KIND))
+
+
+def split_pool(examples: Sequence[Example], val_fraction: float, seed: int,
+               kind: str = DEFAULT_SPLIT_KIND) -> tuple[list[Example], list[Example]]:
+  """(train, val) of the pool by `kind`: "random" patients or "blocked" id ranges."""
+  if kind not in SPLIT_KINDS:
+    raise ValueError(f"config.data.split must be one of {SPLIT_KINDS}; got {kind!r}.")
+  split = patient_grouped_split if kind == "random" else blocked_patient_split
+  return split(examples, val_fraction, seed)
 
 
 def class_counts(examples: Sequence[Example]) -> dict[str, int]:
@@ -192,10 +214,11 @@ def list_train_pool(data_dir: str, max_per_class: int = 0) -> list[Example]:
 
 
 def train_val_examples(data_dir: str, val_fraction: float, split_seed: int,
-                       max_per_class: int = 0) -> tuple[list[Example], list[Example]]:
+                       max_per_class: int = 0, kind: str = DEFAULT_SPLIT_KIND
+                       ) -> tuple[list[Example], list[Example]]:
   """The patient-grouped (train, validation) examples of Kaggle's train pool."""
-  train, val = patient_grouped_split(list_train_pool(data_dir, max_per_class), val_fraction,
-                                     split_seed)
+  train, val = split_pool(list_train_pool(data_dir, max_per_class), val_fraction, split_seed,
+                          kind)
   if not val:
     raise ValueError(f"Validation split is empty (config.data.val_fraction={val_fraction}).")
   return train, val

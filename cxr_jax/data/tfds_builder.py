@@ -377,13 +377,14 @@ def _train_val(builder: ChestXrayPneumonia, data_config):
   """The pool split exactly as the folder source splits it (limit, then split)."""
   pool, errors = _examples(builder, data_config, pool=True)
   pool = splits.limit_per_class(pool, data_config.max_images_per_class)
-  train_ex, val_ex = splits.patient_grouped_split(pool, data_config.val_fraction,
-                                                  data_config.split_seed)
+  kind = splits.split_kind(data_config)
+  train_ex, val_ex = splits.split_pool(pool, data_config.val_fraction, data_config.split_seed,
+                                       kind)
   if not val_ex:
     raise ValueError(f"Validation split is empty (val_fraction={data_config.val_fraction}).")
   config = builder.builder_config
   if (data_config.max_images_per_class <= 0 and data_config.val_fraction == config.val_fraction
-      and data_config.split_seed == config.split_seed):
+      and data_config.split_seed == config.split_seed and kind == "random"):
     built_val = {os.path.join(data_config.data_dir, e["file_name"])
                  for e in builder.info.metadata["files"] if e["split"] == "validation"}
     if built_val != {ex.path for ex in val_ex}:
@@ -474,8 +475,9 @@ def load_train_val(data_config) -> tuple[dataset.DecodedSet, dataset.DecodedSet]
                        description=f"train/ of {data_config.data_dir}")
   _check_not_empty(train, val, len(train_ex) + len(val_ex), data_config)
   train.skipped = skipped
-  logging.info("Patient-grouped split (val_fraction=%.2f, seed=%d): train %s from %d patients, "
-               "validation %s from %d patients.", data_config.val_fraction,
+  logging.info("Patient-grouped %s split (val_fraction=%.2f, seed=%d): train %s from %d "
+               "patients, validation %s from %d patients.", splits.split_kind(data_config),
+               data_config.val_fraction,
                data_config.split_seed, train.class_counts(), len(set(train.patient_ids)),
                val.class_counts(), len(set(val.patient_ids)))
   return train, val

@@ -77,7 +77,8 @@ def source(predictor) -> dict:
           "ood": ood_settings(predictor.config),
           "best_epoch": predictor.meta.get("global_epoch"), "C": predictor.meta.get("C"),
           "data_dir": data.data_dir, "val_fraction": data.val_fraction,
-          "split_seed": data.split_seed, "max_images_per_class": data.max_images_per_class}
+          "split_seed": data.split_seed, "max_images_per_class": data.max_images_per_class,
+          **({"split": data.split} if data.get("split", "random") != "random" else {})}
 
 
 OPERATING_POINTS = ("0.5", "val_f1", "youden", "f1_plateau")

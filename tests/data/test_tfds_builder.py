@@ -241,6 +241,8 @@ def _assert_same(tfds_set, raw_set):
     (3, {}),
     # Debug-style: a per-class limit (re-splits the subset) and another fraction and seed.
     (1, {"max_images_per_class": 8, "val_fraction": 0.3, "split_seed": 3}),
+    # Blocked validation: contiguous patient-id blocks per series, recomputed the same way.
+    (1, {"split": "blocked"}),
 ])
 def test_tfds_path_gives_the_model_what_the_raw_folder_path_gives(built, channels, overrides):
   manual_dir, tfds_dir, _, _ = built
