@@ -38,15 +38,18 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = FLAGS.config
   workdir = FLAGS.workdir or os.path.join("workdirs", config.name or config.model.name)
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    startup.log_to_file(os.path.join(workdir, "train.log"))
-  logging.getLogger("cxr_jax.details").info("Config:\n%s", config)
-  workdir_lib.write_json(os.path.join(workdir, model_card.COMMAND_FILE), {
-      "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-      "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+  command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+  def record_command():  # Once the config is checked and the workdir's lock is ours.
+    if jax.process_index() == 0:
+      startup.log_to_file(os.path.join(workdir, "train.log"))
+    logging.getLogger("cxr_jax.details").info("Config:\n%s", config)
+    workdir_lib.write_json(os.path.join(workdir, model_card.COMMAND_FILE), {
+        "command": command, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+
   start = time.time()
-  summary = train.train_and_evaluate(config, workdir, FLAGS.allow_config_change)
+  summary = train.train_and_evaluate(config, workdir, FLAGS.allow_config_change,
+                                     command=command, on_start=record_command)
   if jax.process_index() == 0:
     print(next_steps(workdir, summary, time.time() - start), flush=True)
 

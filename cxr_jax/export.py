@@ -4,6 +4,7 @@
   export_onnx(serving, "model.onnx")               # ONNX Runtime (jax2onnx)
   export_saved_model(serving, "saved_model/")      # TensorFlow Serving (jax2tf)
   export_tflite("saved_model/", "model.tflite")    # LiteRT, float32 or int8 weights
+  export_workdir("workdirs/x", "workdirs/x/export")  # all of it, checked on test (the command)
 
 The function takes uint8 images [N, S, S, C] at the config's input size (files are
 decoded, cropped and resized on the host as by `data.decode.Preprocess`; a batch of
@@ -16,6 +17,7 @@ in ONNX, as metadata_props). The layers take their plain XLA forms (config.model
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -25,10 +27,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cxr_jax import data as data_lib
 from cxr_jax import models
 from cxr_jax import tf_import
+from cxr_jax import workdir as workdir_lib
 from cxr_jax.data import augment
 from cxr_jax.evaluation import fit
+from cxr_jax.evaluation import predictor as predictor_lib
 
 FORMATS = ("onnx", "saved_model", "tflite", "tflite_int8")
 
@@ -255,3 +260,27 @@ def export_all(serving: Serving, output_dir: str, formats=FORMATS) -> dict[str, 
     out["tflite_int8"] = export_tflite(saved_model,
                                        os.path.join(output_dir, "model_int8.tflite"), True)
   return out
+
+
+def export_workdir(workdir: str, output_dir: str, formats=FORMATS, check: bool = True,
+                   max_per_class: int = 0) -> tuple[dict[str, str], dict | None]:
+  """({format: path}, {format: parity on test} or None) of a workdir exported to output_dir.
+
+  The output is checked before any work (not the workdir itself nor its checkpoints, and
+  writable); exporting into the workdir holds its lock.
+  """
+  workdir_lib.load_config(workdir)  # Not a workdir: refused before anything is created.
+  workdir_lib.check_output(output_dir, inputs=(workdir,), flag="--output_dir", folder=True)
+  inside = workdir_lib.is_inside(output_dir, workdir)
+  with workdir_lib.writer_lock(workdir) if inside else contextlib.nullcontext():
+    predictor = predictor_lib.load_predictor(workdir)
+    serving = serving_function(predictor, fit.load_or_fit(predictor))
+    paths = export_all(serving, output_dir, formats)
+    if not check:
+      return paths, None
+    test = data_lib.load_folder(os.path.join(predictor.config.data.data_dir, "test"),
+                                predictor.preprocess, max_per_class)
+    results = {fmt: parity(serving, Runtime(path), test.images, test.labels)
+               for fmt, path in paths.items() if fmt in formats}
+    workdir_lib.write_json(os.path.join(output_dir, "parity.json"), results)
+    return paths, results

@@ -21,6 +21,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from cxr_jax import config_checks
 from cxr_jax import data as data_lib
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.evaluation import evaluate
@@ -146,6 +147,24 @@ def _write(root: str, results: dict) -> None:
             "never used to choose anything.\n\n" + format_table(results) + "\n")
 
 
+def _one_run(recipe: str, seed: int, config, root: str, train_fn: Callable, test: bool,
+             cache: dict, after_run: Callable[[str, dict], None] | None) -> dict:
+  """Trains (unless finished) and scores one seed, its workdir's lock held throughout."""
+  workdir = seed_workdir(root, recipe, seed)
+  start = time.time()
+  with workdir_lib.writer_lock(workdir):
+    if not workdir_lib.is_trained(workdir):
+      datasets = (load_split(cache, config.data, "train"),
+                  load_split(cache, config.data, "validation"))
+      train_fn(with_seed(config, seed), workdir, datasets=datasets)
+    run = score_run(workdir, test, cache)
+    run.update(recipe=recipe, seconds=time.time() - start)
+    workdir_lib.write_json(os.path.join(workdir, RUN_FILE), run)
+    if after_run is not None:
+      after_run(workdir, run)
+  return run
+
+
 def run_sweep(configs: Mapping[str, object], seeds: Sequence[int], root: str,
               train_fn: Callable, test: bool = True, deadline: float | None = None,
               after_run: Callable[[str, dict], None] | None = None,
@@ -154,32 +173,29 @@ def run_sweep(configs: Mapping[str, object], seeds: Sequence[int], root: str,
 
   deadline: a time.time() after which no new run starts (a finished sweep is resumable:
   the same call reuses the finished runs). after_run(workdir, run) is called after each.
+  The root's lock is held throughout (sweep.json, SWEEP.md), and each run's while it runs.
   """
-  os.makedirs(root, exist_ok=True)
+  for config in configs.values():  # Every recipe checked before the root is created.
+    config_checks.check(config)
+  with workdir_lib.writer_lock(root):
+    return _run_all(configs, seeds, root, train_fn, test, deadline, after_run, seed_major)
+
+
+def _run_all(configs, seeds, root, train_fn, test, deadline, after_run, seed_major) -> dict:
   results: dict = {}
   cache: dict = {}
   order = ([(r, s) for s in seeds for r in configs] if seed_major
            else [(r, s) for r in configs for s in seeds])
   for recipe, seed in order:
-    config = configs[recipe]
     if deadline is not None and time.time() > deadline:
       logging.warning("Sweep deadline reached: %s seed %d and later runs not started.",
                       recipe, seed)
       return results
-    workdir = seed_workdir(root, recipe, seed)
     start = time.time()
-    if not workdir_lib.is_trained(workdir):
-      datasets = (load_split(cache, config.data, "train"),
-                  load_split(cache, config.data, "validation"))
-      train_fn(with_seed(config, seed), workdir, datasets=datasets)
-    run = score_run(workdir, test, cache)
-    run.update(recipe=recipe, seconds=time.time() - start)
-    workdir_lib.write_json(os.path.join(workdir, RUN_FILE), run)
+    run = _one_run(recipe, seed, configs[recipe], root, train_fn, test, cache, after_run)
     entry = results.setdefault(recipe, {"runs": []})
     entry["runs"].append(run)
     entry["aggregate"] = aggregate(entry["runs"])
     _write(root, results)
     logging.info("Sweep: %s seed %d done in %.0fs.", recipe, seed, time.time() - start)
-    if after_run is not None:
-      after_run(workdir, run)
   return results

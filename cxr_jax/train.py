@@ -466,23 +466,32 @@ def _finish(run: Run) -> dict:
 
 
 def prepare_workdir(config, workdir: str, allow_config_change: bool) -> None:
-  """Checks the config and the workdir before any data is read, then records the config."""
-  config_checks.check(config)
-  os.makedirs(workdir, exist_ok=True)
+  """Checks the workdir (its lock held) before any data is read, then records the config."""
   check_config_matches(config, workdir, allow_config_change)
   workdir_lib.save_config(workdir, config)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       allow_config_change: bool = False, datasets=None) -> dict:
+                       allow_config_change: bool = False, datasets=None,
+                       command: str | None = None, on_start=None) -> dict:
   """Trains config.model on the patient-grouped train split, selects on validation.
 
   datasets: (train, validation) already decoded for config.data (a sweep decodes once).
+  command: how the workdir's lock names this run to a refused second writer.
+  on_start(): called once the config and the workdir are checked, before any data is read.
   Returns a summary dict (also written to workdir/train_summary.json).
   """
-  prepare_workdir(config, workdir, allow_config_change)
-  if not models.is_flax(config.model.name):
-    return train_sklearn(config, workdir, datasets)
+  config_checks.check(config)  # Before the workdir exists: a refused config creates nothing.
+  with workdir_lib.writer_lock(workdir, command):
+    prepare_workdir(config, workdir, allow_config_change)
+    if on_start is not None:
+      on_start()
+    if not models.is_flax(config.model.name):
+      return train_sklearn(config, workdir, datasets)
+    return _train_flax(config, workdir, datasets)
+
+
+def _train_flax(config: ml_collections.ConfigDict, workdir: str, datasets=None) -> dict:
   train_data, val_data = datasets or data_lib.load_train_val(config.data)
   if len(train_data) < config.batch_size:
     raise ValueError(f"Training set has {len(train_data)} images, fewer than "

@@ -1,9 +1,11 @@
-"""Shared fixtures: paths of ../shared and small generated image folders."""
+"""Shared fixtures: paths of ../shared and small generated image folders; the session's check
+that no test wrote into the checkout."""
 
 from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -15,6 +17,49 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = (REPO / ".." / "shared").resolve()
 CHEST_XRAY = SHARED / "data" / "chest_xray"
 FULLRES_SAMPLE = SHARED / "data" / "chest_xray_fullres_sample"
+# Ignored folders whose entries are watched too (git shows them as one ignored folder).
+WATCHED = ("workdirs", "reports")
+# What running Python and pytest leave everywhere.
+UNWATCHED = ("__pycache__", ".pytest_cache")
+
+
+def checkout_paths() -> set[str] | None:
+  """Untracked and ignored paths of the checkout, its top-level entries and the entries of
+  workdirs/ and reports/ (None outside a git checkout)."""
+  try:
+    out = subprocess.run(["git", "status", "--porcelain", "--ignored", "-z"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+  except (OSError, subprocess.SubprocessError):
+    return None
+  paths = {e[3:].rstrip("/") for e in out.split("\0") if e[:2] in ("??", "!!")}
+  paths |= set(os.listdir(REPO))
+  for folder in WATCHED:
+    if (REPO / folder).is_dir():
+      paths |= {f"{folder}/{name}" for name in os.listdir(REPO / folder)}
+  return {p for p in paths if not any(part in UNWATCHED for part in p.split("/"))}
+
+
+def pytest_sessionstart(session):
+  # Paths there before the tests (data/, weights/, a training's workdir) are fine.
+  session.config.checkout_before = checkout_paths()
+
+
+def pytest_sessionfinish(session, exitstatus):
+  """Fails the session when a test left anything new in the checkout (tmp_path is for that)."""
+  del exitstatus
+  before, after = getattr(session.config, "checkout_before", None), checkout_paths()
+  if before is None or after is None:
+    return
+  new = sorted(after - before)
+  if new:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    message = (f"new in the checkout {REPO} since the session began: {new}. Tests write "
+               "into tmp_path (and give commands an output or --workdir there); a path "
+               "another process made meanwhile shows here too")
+    if reporter is not None:
+      reporter.ensure_newline()
+      reporter.write_line(f"ERROR: {message}", red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def require(path: pathlib.Path) -> pathlib.Path:

@@ -22,6 +22,7 @@ import pytest
 
 from cxr_jax import checkpoints
 from cxr_jax import faults
+from cxr_jax import workdir as workdir_lib
 from tests.conftest import CHEST_XRAY, REPO, require
 
 KILLS = int(os.environ.get("FAULT_KILLS", "4"))
@@ -97,12 +98,16 @@ def test_kill_9_anywhere_resumes_to_the_same_result(reference, cache, tmp_path):
   while kills < KILLS:
     workdir = str(tmp_path / f"chain{chains}")
     chains += 1
+    left_holder = False
     for _ in range(100):  # Kill, rerun, kill... until a run finishes.
       kill_at = rng.randint(1, len(points))
       delay = rng.choice([0.0, 0.0, 0.02, 0.1, 0.3])
       proc = launch(config, workdir, cache, kill_at if kills < KILLS else None, delay)
+      if left_holder:  # The killed run's lock, released by the kernel, is taken over.
+        assert "Taking over the lock" in proc.stderr, proc.stderr[-3000:]
       if proc.returncode == -signal.SIGKILL:
         kills += 1
+        left_holder = bool(open(os.path.join(workdir, workdir_lib.LOCK_FILE)).read().strip())
         continue
       assert proc.returncode == 0, proc.stderr[-3000:]
       assert "Traceback" not in proc.stderr

@@ -27,7 +27,9 @@ import pytest
 
 from cxr_jax import checkpoints
 from cxr_jax import faults
+from cxr_jax import workdir as workdir_lib
 from tests.conftest import CHEST_XRAY, REPO, require
+from tests.test_workdir_lock import start_holder, stop_holder
 
 CONFIGS = ("configs/cnn_v3.py:debug", "configs/mobilenet.py:debug")
 
@@ -147,6 +149,22 @@ def test_two_processes_equal_one_with_the_same_global_batch(config, cache, tmp_p
   for name in ("config.json", "history.json", "train_summary.json", "calibration.json",
                "ood.npz"):
     assert os.path.exists(os.path.join(two, name)), name
+  # One writer lock, taken by process 0 alone (the other would have been refused) and
+  # released at the end: no holder left on record.
+  assert open(os.path.join(two, workdir_lib.LOCK_FILE)).read() == ""
+
+
+def test_a_held_workdir_refuses_every_process_of_the_job(cache, tmp_path):
+  workdir = tmp_path / "w"
+  holder = start_holder(workdir)
+  try:
+    procs = _wait(_start(CONFIGS[0], str(workdir), cache, 2))
+  finally:
+    stop_holder(holder)
+  assert [p.returncode for p in procs] == [1, 1], [p.stderr[-2000:] for p in procs]
+  assert "WorkdirBusyError" in procs[0].stderr and f"pid {holder.pid}" in procs[0].stderr
+  assert "Process 0 could not take the lock" in procs[1].stderr, procs[1].stderr[-2000:]
+  assert os.listdir(workdir) == [workdir_lib.LOCK_FILE]  # Nothing else written.
 
 
 def test_both_processes_killed_then_restarted_resume_to_the_same_result(cache, tmp_path):

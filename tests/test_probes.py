@@ -22,10 +22,14 @@ from PIL import Image
 from configs import cnn_v3, mobilenet, pca_logreg
 from cxr_jax import config_checks
 from cxr_jax import data as data_lib
+from cxr_jax import export
+from cxr_jax import report
 from cxr_jax import train
 from cxr_jax import workdir as workdir_lib
+from cxr_jax.evaluation import ensemble
 from cxr_jax.evaluation import evaluate
 from cxr_jax.evaluation import predict
+from cxr_jax.report import collect
 from tests.conftest import CHEST_XRAY, REPO, make_class_folder, require
 
 
@@ -123,7 +127,7 @@ def test_bad_setting_is_refused_before_any_data_is_read(name, make, expected, mo
     train.train_and_evaluate(make(), str(tmp_path / "w"))
   message = str(error.value)
   assert expected in message and "\n" not in message, message
-  assert not os.path.exists(tmp_path / "w" / "config.json")  # Nothing written either.
+  assert not os.path.exists(tmp_path / "w")  # Nothing created either, not even the folder.
 
 
 def test_other_config_for_a_workdir_is_refused_naming_the_keys(tmp_path):
@@ -180,36 +184,88 @@ def _run(*args, timeout=300):
                         timeout=timeout, env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
+# "{tmp}": the test's tmp_path, holding w/ (a workdir's config.json, nothing trained) and
+# in/a.png; "{data}": the shared chest_xray folder. Every command writes into tmp_path only.
 CLI_PROBES = [
     ("launch batch_size=0", ["launch.py", "--config=configs/cnn_v3.py:debug",
-                             "--config.batch_size=0"], "config.batch_size=0"),
+                             "--config.batch_size=0", "--workdir={tmp}/new"],
+     "config.batch_size=0"),
     ("launch missing data_dir", ["launch.py", "--config=configs/cnn_v3.py:debug",
-                                 "--config.data.data_dir=/no/such"], "config.data.data_dir"),
+                                 "--config.data.data_dir=/no/such", "--workdir={tmp}/new"],
+     "config.data.data_dir"),
     ("launch negative learning rate", ["launch.py", "--config=configs/cnn_v3.py:debug",
-                                       "--config.learning_rate=-0.001"], "config.learning_rate"),
-    ("evaluate a non-workdir", ["-m", "cxr_jax.tools.evaluate", "--workdir=/tmp"],
+                                       "--config.learning_rate=-0.001", "--workdir={tmp}/new"],
+     "config.learning_rate"),
+    ("launch into a read-only place", ["launch.py", "--config=configs/cnn_v3.py:debug",
+                                       "--config.data.source=folder",
+                                       "--config.data.data_dir={data}",
+                                       "--workdir=/proc/cxr_jax/w"],
+     "Cannot write into /proc/cxr_jax/w"),
+    ("evaluate a non-workdir", ["-m", "cxr_jax.tools.evaluate", "--workdir={tmp}"],
      "is not a cxr_jax training workdir"),
     ("predict a missing workdir", ["-m", "cxr_jax.tools.predict", "--workdir=/no/such/w",
-                                   "x.png"], "/no/such/w"),
+                                   "{tmp}/in/a.png", "--output={tmp}/p.csv"], "/no/such/w"),
+    ("predict onto an input image", ["-m", "cxr_jax.tools.predict", "--workdir={tmp}/w",
+                                     "{tmp}/in", "--output={tmp}/in/a.png"],
+     "--output={tmp}/in/a.png is also an input"),
+    ("predict onto the data folder", ["-m", "cxr_jax.tools.predict", "--workdir={tmp}/w",
+                                      "{tmp}/in", "--output={tmp}/in"],
+     "--output={tmp}/in is also an input"),
+    ("predict into a read-only place", ["-m", "cxr_jax.tools.predict", "--workdir={tmp}/w",
+                                        "{tmp}/in", "--output=/proc/cxr_jax/p.csv"],
+     "Cannot write /proc/cxr_jax/p.csv"),
+    ("export into the checkpoints", ["-m", "cxr_jax.tools.export", "--workdir={tmp}/w",
+                                     "--output_dir={tmp}/w/checkpoints"],
+     "is checkpoints of the workdir"),
     ("report a missing config", ["-m", "cxr_jax.tools.report", "--configs=configs/nope.py",
-                                 "--output=/tmp/cxr_probe_report"], "configs/nope.py"),
+                                 "--output={tmp}/report"], "configs/nope.py"),
+    ("report onto a workdir", ["-m", "cxr_jax.tools.report", "--workdirs={tmp}",
+                               "--configs=configs/cnn_v3.py", "--output={tmp}/w"],
+     "--output={tmp}/w is a training workdir"),
 ]
 
 
+def _probe_folder(tmp_path) -> None:
+  """tmp_path/w: a workdir's config.json (nothing trained); tmp_path/in/a.png: an input."""
+  (tmp_path / "w").mkdir()
+  workdir_lib.save_config(str(tmp_path / "w"), cnn_v3.get_config("debug"))
+  (tmp_path / "in").mkdir()
+  Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "in" / "a.png")
+
+
+def _tree(root) -> dict:
+  """Every path under root with its size and modification time."""
+  out = {}
+  for folder, dirs, files in os.walk(root):
+    for name in dirs + files:
+      path = os.path.join(folder, name)
+      st = os.lstat(path)
+      out[path] = (st.st_size, st.st_mtime_ns)
+  return out
+
+
 @pytest.mark.parametrize("name, args, expected", CLI_PROBES, ids=[p[0] for p in CLI_PROBES])
-def test_commands_print_one_line_errors(name, args, expected):
-  proc = _run(*args)
+def test_commands_print_one_line_errors(name, args, expected, tmp_path):
+  if any("{data}" in a for a in args):
+    require(CHEST_XRAY)
+  _probe_folder(tmp_path)
+  before = _tree(tmp_path)
+  fill = lambda text: text.format(tmp=tmp_path, data=CHEST_XRAY)
+  proc = _run(*map(fill, args))
   assert proc.returncode == 1, (name, proc.stderr[-2000:])
   assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
   errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-  assert len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
+  assert len(errors) == 1 and fill(expected) in errors[0], proc.stderr[-2000:]
   assert "--verbose" in proc.stderr
+  # Refused before any work: nothing created, nothing touched (the workdir's log included).
+  assert _tree(tmp_path) == before, name
 
 
-def test_verbose_shows_the_traceback():
+def test_verbose_shows_the_traceback(tmp_path):
   proc = _run("launch.py", "--config=configs/cnn_v3.py:debug", "--config.batch_size=0",
-              "--verbose")
+              f"--workdir={tmp_path / 'w'}", "--verbose")
   assert proc.returncode != 0 and "Traceback" in proc.stderr
+  assert not os.path.exists(tmp_path / "w")
 
 
 def test_evaluate_to_an_unwritable_place_fails_before_the_work(tmp_path):
@@ -221,6 +277,40 @@ def test_evaluate_to_an_unwritable_place_fails_before_the_work(tmp_path):
   proc = _run("-m", "cxr_jax.tools.evaluate", f"--workdir={workdir}",
               "--output=/proc/cxr_jax/metrics.json")
   assert proc.returncode == 1 and "Cannot write /proc/cxr_jax/metrics.json" in proc.stderr
+
+
+# (probe, the call on tmp_path's w/ and in/ that must be refused, what the error says).
+OUTPUT_PROBES = [
+    ("evaluate onto the workdir's config",
+     lambda w, d: evaluate.evaluate_to_file(w, d, f"{w}/config.json"),
+     "is config.json of the workdir"),
+    ("evaluate onto its data folder", lambda w, d: evaluate.evaluate_to_file(w, d, d),
+     "is also an input"),
+    ("export into the workdir itself", lambda w, d: export.export_workdir(w, w),
+     "--output_dir="),
+    ("export into a checkpoint", lambda w, d: export.export_workdir(w, f"{w}/checkpoints/run/1"),
+     "is checkpoints/run/1 of the workdir"),
+    ("export into a read-only place",
+     lambda w, d: export.export_workdir(w, "/proc/cxr_jax/export"),
+     "Cannot write /proc/cxr_jax/export"),
+    ("report onto a workdir", lambda w, d: report.build_report([collect.Entry("w", w)], w),
+     "is also an input"),
+    ("ensemble onto one of its members", lambda w, d: ensemble.create(w, [w, d]),
+     "is also a member"),
+]
+
+
+@pytest.mark.parametrize("name, call, expected", OUTPUT_PROBES,
+                         ids=[p[0] for p in OUTPUT_PROBES])
+def test_outputs_onto_inputs_or_read_only_places_are_refused_before_any_work(
+    name, call, expected, tmp_path):
+  _probe_folder(tmp_path)
+  before = _tree(tmp_path)
+  with pytest.raises((ValueError, PermissionError)) as error:
+    call(str(tmp_path / "w"), str(tmp_path / "in"))
+  message = str(error.value)
+  assert expected in message and "\n" not in message, (name, message)
+  assert _tree(tmp_path) == before, name
 
 
 def test_ctrl_c_stops_cleanly_and_says_where_to_resume(tmp_path):

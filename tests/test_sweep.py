@@ -8,8 +8,10 @@ import os
 import pytest
 
 from configs import cnn_baseline
+from cxr_jax import config_checks
 from cxr_jax import sweep
 from cxr_jax import train
+from cxr_jax import workdir as workdir_lib
 from tests.report.test_report import debug_config
 
 
@@ -28,6 +30,9 @@ def test_sweep_trains_each_seed_and_tables_mean_and_std(chest_xray_dir, tmp_path
   assert stats["std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
   table = open(os.path.join(root, sweep.TABLE_FILE)).read()
   assert "| cnn_baseline | 2 |" in table and "±" in table
+  # The root's lock and each run's were held and released: no holder left on record.
+  for folder in (root, sweep.seed_workdir(root, "cnn_baseline", 0)):
+    assert open(os.path.join(folder, workdir_lib.LOCK_FILE)).read() == ""
 
   # Re-running reuses the finished runs instead of training them again.
   def refuse(*args, **kwargs):
@@ -41,3 +46,11 @@ def test_deadline_starts_no_new_run(chest_xray_dir, tmp_path):
   results = sweep.run_sweep({"x": config}, [0], str(tmp_path / "s"), train.train_and_evaluate,
                             deadline=0.0)
   assert results == {}
+
+
+def test_a_refused_config_creates_no_root(chest_xray_dir, tmp_path):
+  config = debug_config(cnn_baseline, chest_xray_dir)
+  config.batch_size = 0
+  with pytest.raises(config_checks.ConfigError, match="config.batch_size=0"):
+    sweep.run_sweep({"x": config}, [0], str(tmp_path / "s"), train.train_and_evaluate)
+  assert not (tmp_path / "s").exists()

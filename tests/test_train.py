@@ -87,15 +87,18 @@ def run_launch(*args):
                         text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
-def test_misspelt_config_override_fails_clearly():
-  proc = run_launch("--config=configs/cnn_baseline.py:debug", "--config.num_epoch=1")
+def test_misspelt_config_override_fails_clearly(tmp_path):
+  proc = run_launch("--config=configs/cnn_baseline.py:debug", "--config.num_epoch=1",
+                    f"--workdir={tmp_path / 'w'}")
   assert proc.returncode != 0
   assert "num_epoch" in proc.stderr
+  assert not (tmp_path / "w").exists()
 
 
-def test_unknown_config_variant_fails_clearly():
-  proc = run_launch("--config=configs/cnn_baseline.py:tiny")
+def test_unknown_config_variant_fails_clearly(tmp_path):
+  proc = run_launch("--config=configs/cnn_baseline.py:tiny", f"--workdir={tmp_path / 'w'}")
   assert proc.returncode != 0 and "Unknown config variant 'tiny'" in proc.stderr
+  assert not (tmp_path / "w").exists()
 
 
 def test_mobilenet_two_phases_checkpoint_and_evaluate(chest_xray_dir, tmp_path):

@@ -34,21 +34,42 @@ def _member_path(workdir: str, member: str) -> str:
       else os.path.abspath(member)
 
 
-def create(workdir: str, members: list[str], name: str | None = None) -> dict:
-  """Writes an ensemble workdir of trained `members`; returns its summary."""
+def check_members(workdir: str, members: list[str]) -> None:
+  """Refuses, before anything is written, members that are not finished or the output itself."""
   if len(members) < 2:
     raise ValueError("An ensemble needs at least two member workdirs.")
   for member in members:
+    if os.path.realpath(member) == os.path.realpath(workdir):
+      raise ValueError(f"--workdir={workdir} is also a member; an ensemble needs a workdir "
+                       "of its own.")
     trained, reason = workdir_lib.status(member)
     if not trained:
       raise ValueError(f"Ensemble member {member!r} is not a finished workdir ({reason}).")
-  first = workdir_lib.load_config(members[0])
-  config = copy.deepcopy(first)
+  if os.path.exists(workdir_lib.path(workdir, workdir_lib.CONFIG_FILE)):
+    kind = workdir_lib.load_config(workdir).model.get("name")
+    if kind != models.ENSEMBLE:  # Its config and model card would be replaced.
+      raise ValueError(f"{workdir} is a training workdir of {kind}; an ensemble needs a "
+                       "workdir of its own.")
+
+
+def _config(workdir: str, members: list[str], name: str | None) -> ml_collections.ConfigDict:
+  config = copy.deepcopy(workdir_lib.load_config(members[0]))
   config.name = name or os.path.basename(os.path.normpath(workdir))
   config.description = f"ensemble of {len(members)}: " + ", ".join(
       workdir_lib.load_config(m).get("name", m) for m in members)
   config.model = ml_collections.ConfigDict({"name": models.ENSEMBLE})
-  os.makedirs(workdir, exist_ok=True)
+  return config
+
+
+def create(workdir: str, members: list[str], name: str | None = None) -> dict:
+  """Writes an ensemble workdir of trained `members` (its lock held); returns its summary."""
+  check_members(workdir, members)
+  config = _config(workdir, members, name)
+  with workdir_lib.writer_lock(workdir):
+    return _write(workdir, members, config)
+
+
+def _write(workdir: str, members: list[str], config: ml_collections.ConfigDict) -> dict:
   record = {"members": [_member_path(workdir, m) for m in members], "threshold": 0.5}
   workdir_lib.save_config(workdir, config)
   workdir_lib.write_json(workdir_lib.path(workdir, predictor_lib.ENSEMBLE_FILE), record)

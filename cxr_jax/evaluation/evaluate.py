@@ -9,9 +9,14 @@ fitted on the evaluated images.
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
 
 from cxr_jax import data as data_lib
+from cxr_jax import model_card
+from cxr_jax import workdir as workdir_lib
 from cxr_jax.evaluation import adaptation
 from cxr_jax.evaluation import fit
 from cxr_jax.evaluation import metrics as metrics_lib
@@ -108,6 +113,23 @@ def evaluate_folder(workdir: str, data_dir: str, batch_size: int | None = None,
   result = evaluate_set(predictor, data, data_dir, fitted, adapt=adapt)
   result["tta"] = tta
   return result
+
+
+def evaluate_to_file(workdir: str, data_dir: str, output: str, batch_size: int | None = None,
+                     tta: bool = False, adapt: str = "none") -> tuple[dict, str | None]:
+  """evaluate_folder written to `output`: (result, the model card refreshed, if any).
+
+  The output is checked before any work (a read-only workdir must not lose a finished
+  evaluation; an input must not be overwritten); writing into the workdir holds its lock.
+  """
+  workdir_lib.load_config(workdir)  # Not a workdir: refused before anything is created.
+  workdir_lib.check_output(output, inputs=(workdir, data_dir))
+  inside = workdir_lib.is_inside(output, workdir)
+  with workdir_lib.writer_lock(workdir) if inside else contextlib.nullcontext():
+    result = evaluate_folder(workdir, data_dir, batch_size, tta=tta, adapt=adapt)
+    workdir_lib.write_json(output, result)
+    in_workdir = os.path.dirname(os.path.realpath(output)) == os.path.realpath(workdir)
+    return result, model_card.write(workdir) if in_workdir else None
 
 
 def format_result(result: dict) -> str:

@@ -10,6 +10,7 @@ The command is `python -m cxr_jax.tools.report` (`make report`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -190,6 +191,31 @@ def _refresh_model_card(r: dict) -> None:
     logging.warning("Could not refresh the model card of %s: %s", r["workdir"], e)
 
 
+def _writes_into(entry: collect.Entry, train_missing: bool, max_per_class: int) -> bool:
+  """Whether the report writes into the entry's workdir (trains it, or refreshes its card)."""
+  if train_missing and entry.config is not None:
+    return True
+  try:
+    return not max_per_class and workdir_lib.is_trained(entry.workdir)
+  except (OSError, ValueError, KeyError):  # A broken workdir is skipped by collect.
+    return False
+
+
+def _writer_locks(stack: contextlib.ExitStack, entries, output_dir: str, train_missing: bool,
+                  max_per_class: int, command: str | None) -> None:
+  """The lock of the report folder and of every workdir it writes into, before any work."""
+  stack.enter_context(workdir_lib.writer_lock(output_dir, command))
+  for entry in entries:
+    if not _writes_into(entry, train_missing, max_per_class):
+      continue
+    try:
+      stack.enter_context(workdir_lib.writer_lock(entry.workdir, command))
+    except PermissionError as e:  # A read-only workdir still gets its report, not its card.
+      if train_missing and not workdir_lib.is_trained(entry.workdir):
+        raise
+      logging.warning("%s: its model card will not be refreshed.", e)
+
+
 def build_report(entries: Sequence[collect.Entry], output_dir: str,
                  externals: dict[str, str] | None = None, train_missing: bool = False,
                  train_fn: Callable | None = None, target_sensitivity: float = 0.95,
@@ -199,9 +225,21 @@ def build_report(entries: Sequence[collect.Entry], output_dir: str,
 
   gradcam: "all" (every convolutional model), "best" (the selected one) or "none".
   data_config: the data config of the EDA section when no model was collected.
+  The output folder must not be an input (a workdir, a folder scored); it and every
+  workdir written into are locked for the whole report.
   """
-  start = time.time()
   externals = externals or {}
+  inputs = [e.workdir for e in entries] + list(externals.values()) + [sizes_dir]
+  workdir_lib.check_output(output_dir, inputs, folder=True)
+  with contextlib.ExitStack() as stack:
+    _writer_locks(stack, entries, output_dir, train_missing, max_per_class, command)
+    return _build(entries, output_dir, externals, train_missing, train_fn, target_sensitivity,
+                  sizes_dir, max_per_class, n_boot, gradcam, data_config, command)
+
+
+def _build(entries, output_dir, externals, train_missing, train_fn, target_sensitivity,
+           sizes_dir, max_per_class, n_boot, gradcam, data_config, command) -> dict:
+  start = time.time()
   cache = collect.DataCache(max_per_class)
   statuses, results, predictors = collect.collect_all(
       entries, externals, cache, target_sensitivity, n_boot, train_missing, train_fn)

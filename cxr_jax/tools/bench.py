@@ -22,6 +22,7 @@ from absl import flags
 
 from cxr_jax import benchmarking
 from cxr_jax import ops
+from cxr_jax import workdir as workdir_lib
 from cxr_jax.tools import config_files
 from cxr_jax.tools import startup
 
@@ -98,6 +99,8 @@ def _exported() -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.json:  # Checked before the timings, which a late failure would lose.
+    workdir_lib.check_output(FLAGS.json, [FLAGS.workdir, FLAGS.export_dir], "--json")
   if FLAGS.depthwise:
     result = {"depthwise": benchmarking.depthwise_timings()}
     print(json.dumps(result, indent=2))

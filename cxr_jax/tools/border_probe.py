@@ -36,6 +36,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.output:  # Checked before the work, which a late failure would lose.
+    workdir_lib.check_output(FLAGS.output, [*FLAGS.workdir, FLAGS.data_dir])
   results = {}
   for workdir in FLAGS.workdir:
     predictor = predictor_lib.load_predictor(workdir)

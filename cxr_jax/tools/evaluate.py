@@ -13,7 +13,6 @@ import os  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 
-from cxr_jax import model_card
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.evaluation import adaptation
 from cxr_jax.evaluation import evaluate
@@ -40,15 +39,12 @@ def main(argv):
   data_dir = FLAGS.data_dir or os.path.join(config.data.data_dir, "test")
   output = FLAGS.output or os.path.join(
       FLAGS.workdir, f"eval_{os.path.basename(os.path.normpath(data_dir))}.json")
-  # Checked before the work: a read-only workdir must not lose a finished evaluation.
-  workdir_lib.check_writable(output)
-  result = evaluate.evaluate_folder(FLAGS.workdir, data_dir, FLAGS.batch_size,
-                                    tta=FLAGS.tta, adapt=FLAGS.adapt)
-  workdir_lib.write_json(output, result)
+  result, card = evaluate.evaluate_to_file(FLAGS.workdir, data_dir, output, FLAGS.batch_size,
+                                           tta=FLAGS.tta, adapt=FLAGS.adapt)
   print(evaluate.format_result(result))
   print(f"Wrote {output}")
-  if os.path.dirname(os.path.abspath(output)) == os.path.abspath(FLAGS.workdir):
-    print(f"Refreshed {model_card.write(FLAGS.workdir)}")
+  if card:
+    print(f"Refreshed {card}")
 
 
 if __name__ == "__main__":

@@ -19,11 +19,7 @@ import os
 from absl import app
 from absl import flags
 
-from cxr_jax import data as data_lib
 from cxr_jax import export
-from cxr_jax import workdir as workdir_lib
-from cxr_jax.evaluation import fit
-from cxr_jax.evaluation import predictor as predictor_lib
 from cxr_jax.tools import startup
 
 flags.DEFINE_string("workdir", None, "Trained workdir (a neural network).", required=True)
@@ -42,21 +38,12 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"--format: unknown {sorted(unknown)}; known {list(export.FORMATS)}.")
   output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, "export")
-  workdir_lib.check_writable(os.path.join(output_dir, "parity.json"))
-  predictor = predictor_lib.load_predictor(FLAGS.workdir)
-  serving = export.serving_function(predictor, fit.load_or_fit(predictor))
-  paths = export.export_all(serving, output_dir, formats)
+  paths, results = export.export_workdir(FLAGS.workdir, output_dir, formats, FLAGS.check,
+                                         FLAGS.max_per_class)
   for fmt, path in paths.items():
     print(f"{fmt}: {path}")
-  if not FLAGS.check:
-    return
-  config = predictor.config
-  test = data_lib.load_folder(os.path.join(config.data.data_dir, "test"), predictor.preprocess,
-                              FLAGS.max_per_class)
-  results = {fmt: export.parity(serving, export.Runtime(path), test.images, test.labels)
-             for fmt, path in paths.items() if fmt in formats}
-  workdir_lib.write_json(os.path.join(output_dir, "parity.json"), results)
-  print(json.dumps(results, indent=2))
+  if results is not None:
+    print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

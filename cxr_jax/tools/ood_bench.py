@@ -51,6 +51,8 @@ def _table(name: str, result: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.output:  # Checked before the work, which a late failure would lose.
+    workdir_lib.check_output(FLAGS.output, [*FLAGS.workdir, FLAGS.photos_dir])
   results = {}
   for workdir in FLAGS.workdir:
     predictor = predictor_lib.load_predictor(workdir)

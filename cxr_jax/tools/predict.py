@@ -11,6 +11,8 @@ if __name__ == "__main__":
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 
+from cxr_jax import workdir as workdir_lib
+from cxr_jax.data import folder as folder_lib
 from cxr_jax.evaluation import adaptation
 from cxr_jax.evaluation import predict
 from cxr_jax.tools import startup
@@ -33,6 +35,12 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) < 2:
     raise app.UsageError("Give one or more image files or folders to score.")
+  # Before any work: the CSV and overlays must replace no input (an image, a folder, the
+  # workdir's files). predict reads the workdir only: it never takes its writer lock.
+  inputs = [FLAGS.workdir, *argv[1:], *(p for p, _ in folder_lib.list_files(argv[1:]))]
+  workdir_lib.check_output(FLAGS.output, inputs)
+  if FLAGS.gradcam_dir:
+    workdir_lib.check_output(FLAGS.gradcam_dir, inputs, "--gradcam_dir", folder=True)
   summary = predict.predict_files(FLAGS.workdir, argv[1:], FLAGS.output, FLAGS.gradcam_dir,
                                   FLAGS.target_sensitivity, FLAGS.batch_size, FLAGS.tta,
                                   FLAGS.adapt)

@@ -21,6 +21,7 @@ from absl import flags
 from cxr_jax import checkpoints
 from cxr_jax import sweep
 from cxr_jax import train
+from cxr_jax import workdir as workdir_lib
 from cxr_jax.tools import config_files
 from cxr_jax.tools import startup
 
@@ -57,6 +58,7 @@ def main(argv):
     for assignment in FLAGS.set:
       config_files.override(config, assignment)
     configs[config.name] = config
+  workdir_lib.check_output(FLAGS.root, flag="--root", folder=True)
   deadline = time.time() + 60 * FLAGS.deadline_minutes if FLAGS.deadline_minutes else None
   results = sweep.run_sweep(configs, [int(s) for s in FLAGS.seeds], FLAGS.root,
                             train.train_and_evaluate, test=FLAGS.test, deadline=deadline,
