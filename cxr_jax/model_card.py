@@ -49,7 +49,7 @@ def _evaluations(workdir: str) -> dict[str, dict]:
                  "unlike_training": ((result.get("ood") or {}).get("folder_shift") or {}).get(
                      "shifted"),
                  "adapted": (result.get("adapted") or {}).get("at_0.5"),
-                 "folder": _folder(result.get("folder"))}
+                 "folder_test": _folder(result.get("folder_test"))}
   return out
 
 
@@ -150,7 +150,7 @@ def _metrics_table(evaluations: dict) -> list[str]:
     if e.get("unlike_training"):
       shown += " ⚠ unlike the training data: metrics here do not transfer"
     lines.append(f"| {name} (`{e['data_dir']}`) | {e['n']} | {e.get('operating_point')} | "
-                 + " | ".join(cells) + f" | {shown} | {_folder_cell(e.get('folder'))} |")
+                 + " | ".join(cells) + f" | {shown} | {_folder_cell(e.get('folder_test'))} |")
   lines += ["", "The last column is the folder-level two-sample test against validation (MMD on "
             "features, KS on probabilities) and the label-free accuracy estimate "
             "(docs/folder_shift.md): a shifted folder's images differ from validation's, which "

@@ -164,7 +164,7 @@ class Scorer:
 
   def score(self, uploads: list[tuple[str, bytes]], gradcam: bool = True) -> dict:
     """{"results": one per (file name, bytes): probability, label, OOD flag, overlay, or
-    error; "folder": the folder-level shift test and accuracy estimate (2+ images) or None}."""
+    error; "folder_test": the folder-level shift test and accuracy estimate (2+ images) or None}."""
     prep = self.predictor.preprocess
     rows, images, displays, positions = [], [], [], []
     for name, data in uploads:
@@ -177,7 +177,7 @@ class Scorer:
       except (decode.ImageDecodeError, ValueError) as e:
         rows.append({"file": name, "error": str(e)})
     if not images:
-      return {"results": rows, "folder": None}
+      return {"results": rows, "folder_test": None}
     batch = np.stack(images)
     scored = predict.score_images(self.predictor, self.fitted, batch)
     cams = (self.predictor.gradcam(batch) if gradcam and self.predictor.supports_gradcam
@@ -192,7 +192,7 @@ class Scorer:
           label=CLASS_NAMES[label] if accepted else predict.OUT_OF_DISTRIBUTION)
       if cams is not None:
         rows[i]["gradcam_png"] = base64.b64encode(overlay_png(displays[k], cams[k])).decode()
-    return {"results": rows, "folder": _folder_json(scored["folder"])}
+    return {"results": rows, "folder_test": _folder_json(scored["folder_test"])}
 
 
 PAGE = """<!doctype html>
@@ -298,7 +298,8 @@ document.getElementById('form').addEventListener('submit', async (e) => {
   const body = await reply(response);
   if (!response.ok) return problem(response, body);
   status.textContent = `${body.results.length} file(s) scored.`;
-  if (body.folder) add(out, 'p', body.folder.summary, body.folder.shifted ? 'error' : '');
+  const folder = body.folder_test;  // Several files: the folder-level verdict, as text.
+  if (folder) add(out, 'p', folder.summary, folder.shifted ? 'error' : '');
   for (const r of body.results) out.appendChild(card(r));
 });
 loadModel();

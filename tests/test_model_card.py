@@ -32,4 +32,8 @@ def test_card_after_training_has_every_field(tmp_path_factory, chest_xray_dir):
   assert proc.returncode == 0, proc.stderr[-3000:]
   card = json.load(open(os.path.join(workdir, model_card.CARD_JSON)))
   assert card["evaluation_data"]["test"]["n"] == 624
-  assert "| test (" in open(os.path.join(workdir, model_card.CARD_FILE)).read()
+  text = open(os.path.join(workdir, model_card.CARD_FILE)).read()
+  assert "| test (" in text and "folder vs validation" in text
+  folder = card["evaluation_data"]["test"]["folder_test"]
+  assert 0 <= folder["p_value"] <= 1 and 0 <= folder["estimated_accuracy"] <= 1
+  assert "estimated accuracy" in text and "Folder of 624 images" in proc.stdout

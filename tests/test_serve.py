@@ -86,12 +86,12 @@ def test_predict_scores_each_file_and_reports_unreadable_ones(client, chest_xray
     assert r["label"] in expected
     Image.open(io.BytesIO(base64.b64decode(r["gradcam_png"]))).verify()
   assert "error" in rows["broken.jpeg"] and "probability" not in rows["broken.jpeg"]
-  folder = response.json()["folder"]  # Two scored images: the folder-level answer too.
+  folder = response.json()["folder_test"]  # Two scored images: the folder-level answer too.
   assert folder["summary"].startswith("Folder of 2 images") and 0 <= folder["p_value"] <= 1
   assert 0 <= folder["estimated_accuracy"] <= 1 and "not whether the model is right" in (
       folder["summary"])
   one = client.post("/api/predict", files=[("files", ("xray.jpeg", xray, "image/jpeg"))])
-  assert one.json()["folder"] is None
+  assert one.json()["folder_test"] is None
 
 
 def test_uploads_over_the_limit_are_refused(client):
@@ -214,7 +214,7 @@ class _BlockedScorer:
     del gradcam
     self.started.set()
     assert self.release.wait(60)
-    return {"results": [{"file": name} for name, _ in uploads], "folder": None}
+    return {"results": [{"file": name} for name, _ in uploads], "folder_test": None}
 
 
 def test_full_scoring_slots_answer_503_with_retry_after():
@@ -238,7 +238,7 @@ def test_full_scoring_slots_answer_503_with_retry_after():
     thread.join(60)
   assert first["r"].status_code == 200
   assert client.post("/api/predict", files=files).json() == {"results": [{"file": "x.png"}],
-                                                             "folder": None}
+                                                             "folder_test": None}
 
 
 def test_server_binds_to_localhost_by_default():

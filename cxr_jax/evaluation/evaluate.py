@@ -19,6 +19,7 @@ from cxr_jax import model_card
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.evaluation import adaptation
 from cxr_jax.evaluation import fit
+from cxr_jax.evaluation import folder_shift
 from cxr_jax.evaluation import metrics as metrics_lib
 from cxr_jax.evaluation import ood
 from cxr_jax.evaluation import predictor as predictor_lib
@@ -94,6 +95,10 @@ def evaluate_set(predictor, data: data_lib.DecodedSet, description: str,
     accepted = fitted.detector.in_distribution(scores)
     result["default_operating_point"] = name
     result["ood"] = _ood_summary(fitted, scores)
+    if fitted.shift is not None:  # The folder as a whole against validation, without labels.
+      result["folder_test"] = folder_shift.judge(fitted.shift, out.features, probs)
+      result["folder_test"]["estimated_accuracy"]["true"] = folder_shift.accuracy(
+          data.labels, probs, fitted.shift.threshold)
     result["accepted"] = _accepted_scores(data.labels, probs, accepted, points, temperature)
     result["risk_coverage"] = selective.curves(data.labels, probs, threshold, scores)
     for row, score, ok in zip(result["predictions"], scores, accepted):
@@ -162,6 +167,12 @@ def format_result(result: dict) -> str:
     lines.append(f"Risk-coverage AURC (lower is better): by confidence "
                  f"{rc['by_confidence']['aurc']:.4f}, by OOD score "
                  f"{rc['by_ood_score']['aurc']:.4f}.")
+  if result.get("folder_test"):
+    est = result["folder_test"]["estimated_accuracy"]
+    lines.append(result["folder_test"]["summary"])
+    if est.get("true") is not None and est.get("estimate") is not None:
+      lines.append(f"With this folder's labels: accuracy {est['true']:.3f} at the default "
+                   f"operating point, against the label-free estimate {est['estimate']:.3f}.")
   if result.get("adapted"):
     a = result["adapted"]
     m = a["at_0.5"]

@@ -139,7 +139,7 @@ def predict_files(workdir: str, paths, output: str, gradcam_dir: str | None = No
       "n_out_of_distribution": int((~accepted).sum()),
       "ood_kind": fitted.detector.kind, "ood_threshold": fitted.detector.threshold,
       "folder_shift": fitted.detector.folder_verdict(accepted),
-      "folder": scored["folder"],
+      "folder_test": scored["folder_test"],
       "operating_point": scored["point"], "threshold": scored["threshold"],
       "raw_threshold": scored["raw_threshold"], "temperature": scored["temperature"],
       "calibration_reused": fitted.reused, "n_overlays": len(overlays),
@@ -166,7 +166,7 @@ def score_images(predictor, fitted: fit.Fitted, images: np.ndarray,
             "raw_threshold": raw_threshold, "temperature": temperature,
             "threshold": float(scoring.calibrate_probs([raw_threshold], temperature)[0]),
             "ood_scores": ood_scores, "accepted": fitted.detector.in_distribution(ood_scores),
-            "folder": folder}
+            "folder_test": folder}
   if adapt != "none" and len(images):
     # The adapted posteriors are calibrated and re-weighted: the Bayes decision is at 0.5.
     adapted = adaptation.adapt(predictor, images, adapt, temperature)
@@ -199,8 +199,8 @@ def format_summary(s: dict) -> str:
   warning = ood.shift_warning(s["n_out_of_distribution"], s["n_scored"], s["folder_shift"])
   if warning:
     lines.insert(2, "  " + warning)
-  if s.get("folder"):
-    lines.insert(2, "  " + s["folder"]["summary"])
+  if s.get("folder_test"):
+    lines.insert(2, "  " + s["folder_test"]["summary"])
   for path, reason in list(s["errors"].items())[:10]:
     lines.append(f"  unreadable: {path}: {reason}")
   if s["n_errors"] > 10:

@@ -67,12 +67,29 @@ def _model_figures(report: dict, figure_dir: str) -> dict[str, str]:
       os.path.join(figure_dir, f"reliability_{best}.png"), title=f"Reliability on test, {best}")
   for r in results:
     out.update(_ood_figures(r, figure_dir))
+  points = _estimate_points(results)
+  if points:
+    out["accuracy_estimates"] = figures.accuracy_estimates(
+        points, os.path.join(figure_dir, "accuracy_estimates.png"),
+        title="Label-free accuracy estimate against the truth, labelled folders")
   for r in results:
     if r["history"]:
       out[f"training_{r['name']}"] = figures.training_curves(
           r["history"], os.path.join(figure_dir, f"training_{r['name']}.png"),
           title=f"Training curves, {r['name']}")
   return out
+
+
+def _estimate_points(results) -> dict[str, tuple[float, float]]:
+  """{"model: set": (true accuracy, label-free estimate)} of every labelled folder scored."""
+  points = {}
+  for r in results:
+    sets = {"test": r["test"], **{n: e for n, e in r["externals"].items() if "error" not in e}}
+    for name, result in sets.items():
+      est = (result.get("folder_test") or {}).get("estimated_accuracy") or {}
+      if est.get("estimate") is not None and est.get("true") is not None:
+        points[f"{r['name']}: {name}"] = (est["true"], est["estimate"])
+  return points
 
 
 def _ood_figures(r: dict, figure_dir: str) -> dict[str, str]:

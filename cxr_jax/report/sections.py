@@ -370,10 +370,37 @@ def render_ood(report: dict, figs: dict) -> list[str]:
     cells += [f(rc["by_confidence"]["aurc"]), f(rc["by_ood_score"]["aurc"])]
     lines.append("| " + " | ".join(cells) + " |")
   lines.append("")
+  lines += _folder_table(results, externals)
+  lines.append(img(figs.get("accuracy_estimates"), "label-free accuracy estimate against truth"))
   for r in results:
     lines.append(img(figs.get(f"ood_{r['name']}"), f"OOD score distributions {r['name']}"))
     lines.append(img(figs.get(f"risk_coverage_{r['name']}"), f"risk-coverage {r['name']}"))
   return lines
+
+
+def _folder_cell(result: dict | None) -> str:
+  folder = (result or {}).get("folder_test")
+  if not folder or folder["estimated_accuracy"].get("estimate") is None:
+    return "–"
+  est = folder["estimated_accuracy"]
+  mark = "⚠ shifted" if folder["shifted"] else "not shifted"
+  return (f"{mark} (p {folder['p_value']:.2g}); est. {est['estimate']:.3f}, "
+          f"true {est['true']:.3f}")
+
+
+def _folder_table(results, externals) -> list[str]:
+  """The folder-level test against validation and the label-free estimate beside the truth."""
+  return ["The per-image flag misses a folder whose images are each typical but together "
+          "different. The folder-level test compares the whole folder with validation (MMD on "
+          "the model's features, KS on its probabilities; shifted when the Bonferroni p < 0.05) "
+          "and estimates the accuracy without labels (docs/folder_shift.md). A shifted folder "
+          "differs from validation, so validation's numbers may not carry over; the estimate "
+          "assumes the model's confidence still tracks its errors.\n",
+          "| model | test | " + " | ".join(externals) + (" | " if externals else "")
+          + "\n|" + "---|" * (2 + len(externals))] + [
+              "| " + " | ".join([r["name"], _folder_cell(r["test"])]
+                                + [_folder_cell(r["externals"].get(e)) for e in externals])
+              + " |" for r in results] + [""]
 
 
 SECTIONS = (render_header, render_goal, render_data, render_models, render_comparison,

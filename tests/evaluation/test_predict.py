@@ -94,7 +94,7 @@ def test_predict_files_dicom_errors_gradcam_and_cached_calibration(workdirs, tmp
   assert cal["temperature"] > 0 and "0.95" in cal["sensitivity_thresholds"]
   assert float(rows["a.jpeg"]["raw_threshold"]) == pytest.approx(cal["operating_points"]["0.5"])
   # The folder as a whole: the shift test and the label-free accuracy estimate.
-  assert summary["folder"]["n"] == 4 and 0 <= summary["folder"]["p_value"] <= 1
+  assert summary["folder_test"]["n"] == 4 and 0 <= summary["folder_test"]["p_value"] <= 1
   assert "Folder of 4 images" in predict.format_summary(summary)
 
   # Second call: the cached calibration is used, not refitted.

@@ -104,6 +104,9 @@ def test_report_end_to_end(workdirs, chest_xray_dir, fullres_dir, tmp_path):
                    "pr_test.png", "confusion_test.png", "training_cnn_baseline.png",
                    "gradcam_cnn_baseline.png"}
   assert any(n.startswith("reliability_") for n in names)
+  # The folder-level test and the label-free estimate beside the truth, with its plot.
+  assert "folder-level test compares the whole folder with validation" in md
+  assert "accuracy_estimates.png" in names and re.search(r"est\. \d\.\d{3}, true \d\.\d{3}", md)
 
   # The unreadable external file is counted and named; the rest are scored.
   assert "**1 unreadable file(s)**" in md and "person999_virus_1.jpeg" in md
