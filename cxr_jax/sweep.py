@@ -25,8 +25,10 @@ from cxr_jax import config_checks
 from cxr_jax import data as data_lib
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.evaluation import evaluate
+from cxr_jax.evaluation import perturbations
 from cxr_jax.evaluation import predictor as predictor_lib
 from cxr_jax.evaluation import scoring
+from cxr_jax.evaluation import stress
 
 RUN_FILE = "run.json"
 SWEEP_FILE = "sweep.json"
@@ -38,7 +40,10 @@ COLUMNS = (("validation", "0.5", "loss"), ("validation", "0.5", "roc_auc"),
            ("test", scoring.VALIDATION_THRESHOLD, "f1"),
            ("test", scoring.VALIDATION_THRESHOLD, "specificity"),
            ("test", scoring.VALIDATION_THRESHOLD, "recall"),
-           ("test", "0.5", "accuracy"), ("test", "0.5", "f1"), ("test", "0.5", "roc_auc"))
+           ("test", "0.5", "accuracy"), ("test", "0.5", "f1"), ("test", "0.5", "roc_auc"),
+           # Stress validation (evaluation/stress.py): validation under acquisition shifts.
+           ("stress", "mean", "log_loss"), ("stress", "worst", "log_loss"),
+           ("stress", "mean", "ece"))
 
 
 def seed_workdir(root: str, recipe: str, seed: int) -> str:
@@ -88,7 +93,19 @@ def score_run(workdir: str, test: bool, cache: dict) -> dict:
     out[split] = {**_flat_metrics(result), "n": result["n"],
                   **({"loss": val_loss} if val_loss is not None else {}),
                   "predictions": result["predictions"]}
+  out["stress"] = stress_run(predictor, cache)
   return out
+
+
+def stress_run(predictor, cache: dict) -> dict:
+  """Stress validation of a run: mean and worst family (severities from its training split)."""
+  data_config = predictor.config.data
+  key = (_data_key(data_config), "severities")
+  if key not in cache:
+    cache[key] = perturbations.Severities.fit(load_split(cache, data_config, "train").images)
+  result = stress.stress_scores(predictor, load_split(cache, data_config, "validation"),
+                                cache[key], 0.5)
+  return {"mean": result["mean"], "worst": result["worst"]}
 
 
 def _log_losses(labels, rows) -> np.ndarray:
@@ -103,6 +120,8 @@ def metric_of(run: dict, split: str, point: str, metric: str) -> float | None:
     return None
   if metric == "loss":
     return scores.get("loss")
+  if split == "stress":
+    return scores.get(point, {}).get(metric)
   return scores.get(f"at_{point}", {}).get(metric)
 
 

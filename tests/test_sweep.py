@@ -30,6 +30,11 @@ def test_sweep_trains_each_seed_and_tables_mean_and_std(chest_xray_dir, tmp_path
   assert stats["std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
   table = open(os.path.join(root, sweep.TABLE_FILE)).read()
   assert "| cnn_baseline | 2 |" in table and "±" in table
+  # Stress validation per run: the worst family is at least the mean, both in the table.
+  stress = results["cnn_baseline"]["aggregate"]["stress/worst/log_loss"]
+  assert stress["n"] == 2 and stress["mean"] >= results["cnn_baseline"]["aggregate"][
+      "stress/mean/log_loss"]["mean"] > 0
+  assert "stress log_loss @worst" in table
   # The root's lock and each run's were held and released: no holder left on record.
   for folder in (root, sweep.seed_workdir(root, "cnn_baseline", 0)):
     assert open(os.path.join(folder, workdir_lib.LOCK_FILE)).read() == ""
