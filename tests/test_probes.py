@@ -320,7 +320,10 @@ def test_ctrl_c_stops_cleanly_and_says_where_to_resume(tmp_path):
   proc = subprocess.Popen(
       [sys.executable, "launch.py", "--config=configs/cnn_v3.py:debug",
        "--config.data.source=folder", f"--config.data.data_dir={CHEST_XRAY}",
-       "--config.num_epochs=200", f"--workdir={workdir}"],
+       # No early stop: the run must still be training when Ctrl-C comes (debug epochs
+       # take 0.1 s, and a patience of 5 once ended it before the signal arrived).
+       "--config.num_epochs=200", "--config.early_stopping_patience=1000",
+       f"--workdir={workdir}"],
       cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
       env={**os.environ, "JAX_PLATFORMS": "cpu"})
   deadline = time.time() + 240
