@@ -112,9 +112,14 @@ def _ood_figures(r: dict, figure_dir: str) -> dict[str, str]:
 
 
 def _eda_figures(eda: dict | None, arrays: dict, figure_dir: str) -> dict[str, str]:
+  out = {}
+  if arrays.get("cues"):
+    out["cues"] = figures.cue_distributions(
+        arrays["cues"]["cues"], arrays["cues"]["labels"], os.path.join(figure_dir, "cues.png"),
+        title="Acquisition cues by class, train")
   if not eda:
-    return {}
-  out = {"class_counts": figures.class_counts_bar(
+    return out
+  out = {**out, "class_counts": figures.class_counts_bar(
       eda["counts"], os.path.join(figure_dir, "class_counts.png"))}
   if arrays.get("sizes"):
     out["image_sizes"] = figures.image_size_histogram(
@@ -283,6 +288,10 @@ def _build(entries, output_dir, externals, train_missing, train_fn, target_sensi
       report["eda"] = eda
     except (FileNotFoundError, ValueError) as e:
       logging.warning("EDA skipped: %s", e)
+  report["cues"] = None
+  if results:
+    collect.log_progress("acquisition cues of train and validation")
+    report["cues"], eda_arrays["cues"] = collect.collect_cues(cache, data_config)
   report["wall_seconds"] = time.time() - start
   path = write_report(report, output_dir, eda_arrays, gradcam_items)
   collect.log_progress(f"wrote {path} and report.json in {time.time() - start:.1f}s")

@@ -23,6 +23,7 @@ from cxr_jax import workdir as workdir_lib
 from cxr_jax.data import decode
 from cxr_jax.data import dicom
 from cxr_jax.data import splits
+from cxr_jax.evaluation import cues
 from cxr_jax.evaluation import evaluate
 from cxr_jax.evaluation import fit
 from cxr_jax.evaluation import predictor as predictor_lib
@@ -284,6 +285,19 @@ def collect_eda(data_config, sizes_dir: str | None, samples_per_class: int = 6) 
       "sizes": sizes,
       "arrays": {"sizes": raw_sizes, "samples": _sample_images(train_ex, samples_per_class)},
   }
+
+
+def collect_cues(cache: DataCache, data_config) -> tuple[dict, dict]:
+  """({split: cues.summarise}, {"cues", "labels"} of train for the figure): the acquisition
+  cues of train and validation and how well each alone separates the classes."""
+  out, arrays = {}, {}
+  for split in ("train", "validation"):
+    data = cache.split(data_config, split)
+    measured = cues.measure(data.images, data.paths)
+    out[split] = cues.summarise(measured, data.labels)
+    if split == "train":
+      arrays = {"cues": measured, "labels": data.labels}
+  return out, arrays
 
 
 def parse_externals(items: Sequence[str]) -> dict[str, str]:

@@ -132,6 +132,25 @@ def render_data(report: dict, figs: dict) -> list[str]:
   return lines
 
 
+def render_cues(report: dict, figs: dict) -> list[str]:
+  """What separates the classes without looking at the lungs (evaluation/cues.py)."""
+  found = report.get("cues")
+  if not found:
+    return []
+  lines = ["## Acquisition cues: what separates the classes without the lungs?\n",
+           "Each cue's ROC AUC for PNEUMONIA on its own (0.5: no information; far from 0.5 "
+           "on training: a shortcut a model can learn). `python -m cxr_jax.tools.cue_report` "
+           "adds the model's sensitivity to each cue and any labelled folder.\n",
+           "| cue | AUC train | AUC validation | median NORMAL (train) | median PNEUMONIA (train) |",
+           "|---|---|---|---|---|"]
+  for cue, row in found["train"].items():
+    medians = [(row[c] or {}).get("median") for c in ("NORMAL", "PNEUMONIA")]
+    cells = [f(row["auc"], 2), f(found["validation"][cue]["auc"], 2)] + [
+        "–" if m is None or m != m else f"{m:.4g}" for m in medians]
+    lines.append(f"| {cue} | " + " | ".join(cells) + " |")
+  return lines + ["", img(figs.get("cues"), "acquisition cues by class")]
+
+
 def render_models(report: dict, figs: dict) -> list[str]:
   del figs
   by_name = {r["name"]: r for r in report["results"]}
@@ -403,7 +422,7 @@ def _folder_table(results, externals) -> list[str]:
               + " |" for r in results] + [""]
 
 
-SECTIONS = (render_header, render_goal, render_data, render_models, render_comparison,
+SECTIONS = (render_header, render_goal, render_data, render_cues, render_models, render_comparison,
             render_seeds, render_operating_points, render_calibration, render_ood, render_training,
             render_gradcam, render_externals)
 
