@@ -325,7 +325,10 @@ def test_ctrl_c_stops_cleanly_and_says_where_to_resume(tmp_path):
        "--config.num_epochs=200", "--config.early_stopping_patience=1000",
        f"--workdir={workdir}"],
       cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
-      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+      env={**os.environ, "JAX_PLATFORMS": "cpu"},
+      # A suite started in the background inherits SIGINT ignored, and Python then never
+      # raises KeyboardInterrupt: give the run the terminal's default, as a user has it.
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   deadline = time.time() + 240
   while time.time() < deadline and not (workdir / "history.json").exists():
     time.sleep(0.5)
