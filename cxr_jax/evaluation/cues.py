@@ -21,8 +21,8 @@ from cxr_jax.evaluation import perturbations
 SIDES = ("left", "right", "top", "bottom")
 INTERVENTIONS = ("border_left", "border_right", "border_top", "border_bottom", "median",
                  "black_level", "contrast", "sharpness")
-_BLUR_RADII = (0.0, 0.4, 0.7, 1.0, 1.5, 2.0)
-_SHARPEN = (0.0, 0.5, 1.0, 2.0, 3.0)
+_BLUR_RADII = (0.4, 0.7, 1.0, 1.5, 2.0)
+_SHARPEN = (0.5, 1.0, 2.0, 3.0)
 
 
 def side_band(h: int, w: int, side: str, fraction: float = perturbations.BORDER) -> tuple:
@@ -121,12 +121,11 @@ def _filtered(images: np.ndarray, make_filter) -> np.ndarray:
 
 def set_sharpness(images: np.ndarray, target: np.ndarray) -> np.ndarray:
   """Each image blurred or sharpened (from a fixed grid) to the sharpness nearest `target`."""
-  candidates = [_filtered(images, lambda r=r: ImageFilter.GaussianBlur(r)) if r else images
-                for r in _BLUR_RADII[1:]]
-  candidates += [_filtered(images, lambda a=a: ImageFilter.UnsharpMask(2, int(a * 100), 0))
-                 for a in _SHARPEN[1:]]
-  candidates = [images] + candidates
-  sharpness = np.stack([perturbations.cues(c)["sharpness"] for c in candidates])
+  candidates = ([images]
+                + [_filtered(images, lambda r=r: ImageFilter.GaussianBlur(r)) for r in _BLUR_RADII]
+                + [_filtered(images, lambda a=a: ImageFilter.UnsharpMask(2, int(a * 100), 0))
+                   for a in _SHARPEN])
+  sharpness = np.stack([perturbations.sharpness(perturbations.gray(c)) for c in candidates])
   best = np.argmin(np.abs(sharpness - np.asarray(target)[None]), axis=0)
   return np.stack([candidates[b][i] for i, b in enumerate(best)])
 

@@ -46,6 +46,11 @@ def border_mask(h: int, w: int, fraction: float = BORDER) -> np.ndarray:
   return mask
 
 
+def sharpness(g: np.ndarray) -> np.ndarray:
+  """Mean absolute horizontal gradient of gray images [N, H, W] in [0, 1]."""
+  return np.abs(np.diff(g, axis=2)).mean(axis=(1, 2))
+
+
 def cues(images: np.ndarray) -> dict[str, np.ndarray]:
   """Per-image acquisition cues: border mean, median, black/white level, contrast, sharpness."""
   g = gray(images)
@@ -53,7 +58,7 @@ def cues(images: np.ndarray) -> dict[str, np.ndarray]:
   p5, p50, p95 = np.quantile(g.reshape(len(g), -1), [0.05, 0.5, 0.95], axis=1)
   return {"border": g[:, mask].mean(axis=1), "median": p50, "black_level": p5,
           "white_level": p95, "contrast": p95 - p5,
-          "sharpness": np.abs(np.diff(g, axis=2)).mean(axis=(1, 2))}
+          "sharpness": sharpness(g)}
 
 
 @dataclasses.dataclass(frozen=True)
