@@ -125,6 +125,21 @@ def _image_size(size):
   return apply
 
 
+# MobileNetV2's parameter groups, input to output: the stem, 17 blocks, the last 1x1 conv.
+MOBILENET_V2_GROUPS = 19
+
+
+def _freeze_first(n_groups):
+  """Fine-tunes all but the first n_groups (stem, block 0, ...) of MobileNetV2; they keep
+  their ImageNet weights, and the backward pass stops above them (issue #24's lever)."""
+  def apply(config):
+    if config.model.name != "mobilenet_v2" or not config.get("phases"):
+      raise ValueError(f"Variant 'freeze{n_groups}' is for the two-phase MobileNetV2 configs.")
+    config.phases = [dict(p, trainable=MOBILENET_V2_GROUPS - n_groups)
+                     if p.get("trainable") == "all" else p for p in config.phases]
+  return apply
+
+
 def _set(**values):
   def apply(config):
     for key, value in values.items():
@@ -154,6 +169,9 @@ VARIANTS = {
     "s160": _image_size(160),
     "s192": _image_size(192),
     "blocked": _set(**{"data.split": "blocked"}),
+    # The stem and blocks 0-1 (every layer at half the input side) / also blocks 2-3.
+    "freeze3": _freeze_first(3),
+    "freeze5": _freeze_first(5),
 }
 
 
