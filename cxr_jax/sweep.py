@@ -87,11 +87,9 @@ def score_run(workdir: str, test: bool, cache: dict) -> dict:
   for split in splits:
     data = load_split(cache, predictor.config.data, split)
     result = evaluate.evaluate_set(predictor, data, split)
-    val_loss = None
-    if split == "validation":
-      val_loss = float(np.mean(_log_losses(data.labels, result["predictions"])))
-    out[split] = {**_flat_metrics(result), "n": result["n"],
-                  **({"loss": val_loss} if val_loss is not None else {}),
+    # "loss": the validation log loss (metrics.log_loss), as sweeps have always named it.
+    loss = {"loss": result["at_0.5"]["log_loss"]} if split == "validation" else {}
+    out[split] = {**_flat_metrics(result), "n": result["n"], **loss,
                   "predictions": result["predictions"]}
   out["stress"] = stress_run(predictor, cache)
   return out
@@ -106,12 +104,6 @@ def stress_run(predictor, cache: dict) -> dict:
   result = stress.stress_scores(predictor, load_split(cache, data_config, "validation"),
                                 cache[key], 0.5)
   return {"mean": result["mean"], "worst": result["worst"]}
-
-
-def _log_losses(labels, rows) -> np.ndarray:
-  probs = np.clip([r["prob"] for r in rows], 1e-7, 1 - 1e-7)
-  labels = np.asarray(labels)
-  return -(labels * np.log(probs) + (1 - labels) * np.log(1 - probs))
 
 
 def metric_of(run: dict, split: str, point: str, metric: str) -> float | None:

@@ -7,13 +7,30 @@ from sklearn import metrics as skm
 
 from cxr_jax.data.splits import CLASS_NAMES
 
+# Probabilities are clipped to [eps, 1 - eps] in the log loss: a float32 sigmoid saturates to
+# exactly 0 or 1 for |logit| > ~17, and one such error then costs -log(1e-7) ~ 16, not inf.
+LOG_LOSS_EPS = 1e-7
+
+
+def log_loss(labels, probs, eps: float = LOG_LOSS_EPS) -> float:
+  """Mean binary cross-entropy of PNEUMONIA probabilities (the one log loss of the project).
+
+  Equal to scikit-learn's log_loss of the clipped float64 probabilities; its own clip is the
+  machine epsilon of the input's dtype, so it differs (by ~1e-8 on real predictions) only
+  where a probability lies within 1e-7 of 0 or 1.
+  """
+  labels = np.asarray(labels)
+  probs = np.clip(np.asarray(probs, dtype=np.float64), eps, 1 - eps)
+  return float(np.mean(-(labels * np.log(probs) + (1 - labels) * np.log(1 - probs))))
+
 
 def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict:
   """Metrics of predicting PNEUMONIA when prob >= threshold.
 
   Returns n, counts per class, accuracy, precision, recall (sensitivity),
   specificity, f1, roc_auc (None when only one class is present), the confusion
-  matrix [[TN, FP], [FN, TP]] (rows: true NORMAL, PNEUMONIA) and the threshold.
+  matrix [[TN, FP], [FN, TP]] (rows: true NORMAL, PNEUMONIA), the threshold and the
+  log loss (`log_loss`; the same at every threshold).
   """
   labels = np.asarray(labels, dtype=np.int32)
   probs = np.asarray(probs, dtype=np.float64)
@@ -34,6 +51,7 @@ def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5
       "f1": float(skm.f1_score(labels, preds, pos_label=1, zero_division=0)),
       "roc_auc": float(skm.roc_auc_score(labels, probs)) if both_classes else None,
       "confusion_matrix": skm.confusion_matrix(labels, preds, labels=[0, 1]).tolist(),
+      "log_loss": log_loss(labels, probs),
   }
 
 

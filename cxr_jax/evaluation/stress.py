@@ -12,15 +12,17 @@ worst family's log loss and ECE; nothing here sees test/.
 from __future__ import annotations
 
 import numpy as np
-from sklearn import metrics as skm
 
 from cxr_jax.evaluation import calibration
+from cxr_jax.evaluation import metrics as metrics_lib
 from cxr_jax.evaluation import perturbations
 
 
 def family_scores(labels, probs, threshold: float) -> dict:
-  labels, probs = np.asarray(labels), np.clip(np.asarray(probs, np.float64), 1e-7, 1 - 1e-7)
-  return {"log_loss": float(skm.log_loss(labels, probs, labels=[0, 1])),
+  labels = np.asarray(labels)
+  probs = np.clip(np.asarray(probs, np.float64), metrics_lib.LOG_LOSS_EPS,
+                  1 - metrics_lib.LOG_LOSS_EPS)
+  return {"log_loss": metrics_lib.log_loss(labels, probs),
           "ece": calibration.expected_calibration_error(labels, probs),
           "accuracy": float(np.mean((probs >= threshold) == (labels == 1))),
           "specificity": float(np.mean(probs[labels == 0] < threshold))

@@ -15,7 +15,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
-from sklearn import metrics as skm
 
 from cxr_jax import data as data_lib
 from cxr_jax import progress
@@ -149,7 +148,6 @@ def collect_model(predictor, name: str, description: str = "",
                                      folder=folder)
   summary = workdir_lib.read_json(workdir_lib.path(predictor.workdir,
                                                    workdir_lib.SUMMARY_FILE), {})
-  _, val_labels, val_probs = scoring.prediction_arrays(validation["predictions"])
   return {
       "name": name, "description": description, "workdir": predictor.workdir,
       "model": predictor.model_name, "supports_gradcam": predictor.supports_gradcam,
@@ -166,7 +164,7 @@ def collect_model(predictor, name: str, description: str = "",
       "default_point": evaluate.point_key(default_name), "default_name": default_name,
       "default_threshold": default_threshold, "sensitivity_point": f"at_{sensitivity_key}",
       "target_sensitivity": target_sensitivity, "temperature": cal["temperature"],
-      "calibration": cal, "val_loss": float(skm.log_loss(val_labels, val_probs, labels=[0, 1])),
+      "calibration": cal, "val_loss": validation["at_0.5"]["log_loss"],
       "train_ood_scores": [round(float(v), 5) for v in train_scores],
       "validation": validation, "test": test, "externals": external_scores,
   }

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn import metrics as skm
 
 from cxr_jax.evaluation import calibration
+from cxr_jax.evaluation import metrics
 from cxr_jax.evaluation.metrics import binary_metrics
 
 
@@ -19,6 +21,26 @@ def _scores(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _sigmoid(z):
   return 1 / (1 + np.exp(-z))
+
+
+def test_the_one_log_loss_is_the_clipped_cross_entropy_of_before():
+  labels, probs = _scores(500, seed=3)
+  probs = probs.astype(np.float32)
+  probs[:4] = [0.0, 1.0, 1.0, np.nextafter(np.float32(1), np.float32(0))]  # Saturated.
+  labels[:4] = [0, 1, 0, 1]
+  # What sweeps and stress validation computed before it was one function, to the bit.
+  clipped = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
+  sweep = float(np.mean(-(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))))
+  assert metrics.log_loss(labels, probs) == sweep
+  assert metrics.log_loss(labels, probs) == pytest.approx(
+      skm.log_loss(labels, clipped, labels=[0, 1]), rel=1e-12)
+  assert binary_metrics(labels, probs, 0.3)["log_loss"] == metrics.log_loss(labels, probs)
+  # Training and the report called scikit-learn on the raw probabilities: the same where
+  # nothing saturates (its clip is the dtype's epsilon), and finite where something does.
+  fine = slice(4, None)
+  assert metrics.log_loss(labels[fine], probs[fine]) == pytest.approx(
+      skm.log_loss(labels[fine], probs[fine], labels=[0, 1]), rel=1e-6)
+  assert np.isfinite(metrics.log_loss([0], [1.0]))
 
 
 def test_bootstrap_ci_contains_point_estimate_and_narrows_with_n():
