@@ -11,16 +11,16 @@ from typing import Any
 
 import jax
 
+from cxr_jax import data as data_lib
 from cxr_jax import models
 from cxr_jax import ops
 from cxr_jax.data import augment
 from cxr_jax.data import splits
+from cxr_jax.evaluation import fit
 
 SELECTION_METRICS = ("loss", "auc", "f1")
 CLASS_WEIGHTS = ("balanced", "none")
-SOURCES = ("tfds", "folder")
-MIN_IMAGE_SIZE = 32
-OPERATING_POINTS = ("0.5", "val_f1", "youden", "f1_plateau")  # Five 2x2 poolings (cnn_v3) and MobileNetV2 (as Keras) need 32 px.
+MIN_IMAGE_SIZE = 32  # Five 2x2 poolings (cnn_v3) and MobileNetV2 (as Keras) need 32 px.
 
 
 class ConfigError(ValueError):
@@ -79,7 +79,7 @@ def _check_data(config, for_training: bool) -> None:
                       "train/ and test/, each with NORMAL/ and PNEUMONIA/; see README.md).")
   if for_training and not os.path.isdir(os.path.join(data.data_dir, "train")):
     raise ConfigError(f"config.data.data_dir={data.data_dir!r} has no train/ folder.")
-  _one_of(config, "data.source", SOURCES)
+  _one_of(config, "data.source", data_lib.SOURCES)
   _int_at_least(config, "data.image_size", MIN_IMAGE_SIZE)
   _one_of(config, "data.channels", (1, 3))
   _number_in(config, "data.val_fraction", 0.0, 1.0, low_open=True, high_open=True)
@@ -158,8 +158,9 @@ def _check_training(config) -> None:
 def _check_evaluation(config) -> None:
   if "operating_point" in config:
     point = config.operating_point
-    if point not in OPERATING_POINTS and not str(point).startswith("sensitivity_"):
-      _fail("operating_point", point, f"one of {OPERATING_POINTS} or 'sensitivity_<target>'")
+    if point not in fit.OPERATING_POINTS and not str(point).startswith("sensitivity_"):
+      _fail("operating_point", point,
+            f"one of {fit.OPERATING_POINTS} or 'sensitivity_<target>'")
   if "ood" in config:
     _one_of(config, "ood.kind", ("mahalanobis", "knn"))
     _number_in(config, "ood.accept", 0.5, 1.0, low_open=True)

@@ -5,6 +5,7 @@
   workdir/history.json         one record per epoch
   workdir/train_summary.json   written when training finishes
   workdir/calibration.json     temperature and operating points fitted on validation
+  workdir/ood.npz, shift.npz   the OOD detector and the folder-shift reference (`evaluation.fit`)
   workdir/tensorboard/         TensorBoard summaries
   workdir/writer.lock          the one-writer lock (`writer_lock`): who writes here now
 
@@ -40,15 +41,17 @@ CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
 SUMMARY_FILE = "train_summary.json"
 CALIBRATION_FILE = "calibration.json"
+OOD_FILE = "ood.npz"
+SHIFT_FILE = "shift.npz"
 TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = "writer.lock"
 # Seconds a writer waits for the lock before it is refused (default 0: refused at once).
 LOCK_WAIT_VARIABLE = "CXR_JAX_LOCK_WAIT"
 # Files of a workdir that no command's output may replace (besides checkpoints/).
 OWN_FILES = (CONFIG_FILE, HISTORY_FILE, SUMMARY_FILE, CALIBRATION_FILE, LOCK_FILE,
-             "config_history.json", "command.json", "train.log", "ood.npz", "ensemble.json",
-             "MODEL_CARD.md", "model_card.json", "run.json", "pca_logreg.joblib",
-             "pca_logreg_meta.json")
+             "config_history.json", "command.json", "train.log", OOD_FILE, SHIFT_FILE,
+             "ensemble.json", "MODEL_CARD.md", "model_card.json", "run.json",
+             pca_logreg.MODEL_FILE, pca_logreg.META_FILE)
 
 
 def path(workdir: str, name: str) -> str:

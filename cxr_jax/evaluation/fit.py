@@ -31,8 +31,6 @@ from cxr_jax.evaluation import scoring
 
 DEFAULT_TARGET_SENSITIVITY = 0.95
 VERSION = 5  # Bumped when what is fitted changes: older caches are refitted.
-OOD_FILE = "ood.npz"
-SHIFT_FILE = "shift.npz"
 
 
 def target_key(target: float) -> str:
@@ -129,7 +127,7 @@ def _read_cache(file_path: str) -> dict | None:
 
 
 def _load_detector(workdir: str, cal: dict) -> ood.Detector | None:
-  path = workdir_lib.path(workdir, OOD_FILE)
+  path = workdir_lib.path(workdir, workdir_lib.OOD_FILE)
   if "ood" not in cal or not os.path.exists(path):
     return None
   try:
@@ -141,7 +139,7 @@ def _load_detector(workdir: str, cal: dict) -> ood.Detector | None:
 
 
 def _load_shift(workdir: str) -> folder_shift.Reference | None:
-  path = workdir_lib.path(workdir, SHIFT_FILE)
+  path = workdir_lib.path(workdir, workdir_lib.SHIFT_FILE)
   if not os.path.exists(path):
     return None
   try:
@@ -172,8 +170,8 @@ def _save(workdir: str, cal: dict, detector: ood.Detector,
   if jax.process_index() != 0:  # One writer; every process holds the same fit.
     return
   try:
-    detector.save(workdir_lib.path(workdir, OOD_FILE))
-    shift.save(workdir_lib.path(workdir, SHIFT_FILE))
+    detector.save(workdir_lib.path(workdir, workdir_lib.OOD_FILE))
+    shift.save(workdir_lib.path(workdir, workdir_lib.SHIFT_FILE))
     workdir_lib.write_json(workdir_lib.path(workdir, workdir_lib.CALIBRATION_FILE), cal)
   except OSError as e:  # A read-only workdir still gets its predictions.
     logging.warning("Could not cache the calibration in %s: %s", workdir, e)

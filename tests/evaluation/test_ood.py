@@ -148,7 +148,7 @@ def test_fitted_with_the_calibration_and_refitted_when_stale(workdirs, name, kin
   workdir = str(workdirs / name)
   fitted = fit.load_or_fit(predictor_lib.load_predictor(workdir))
   assert fitted.detector.kind == kind and fitted.calibration["ood"]["kind"] == kind
-  assert os.path.exists(os.path.join(workdir, fit.OOD_FILE))
+  assert os.path.exists(os.path.join(workdir, workdir_lib.OOD_FILE))
   again = fit.load_or_fit(predictor_lib.load_predictor(workdir))
   assert again.reused and again.detector.threshold == fitted.detector.threshold
   # Validation accepted at the configured quantile (debug validation is small: ~1 image).
