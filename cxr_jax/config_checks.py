@@ -192,6 +192,6 @@ def check(config, for_training: bool = True) -> None:
   _check_model(config)
   _check_data(config, for_training)
   _check_evaluation(config)
-  if models.is_flax(config.model.name):
+  if models.get(config.model.name).trains_by_gradient:  # Else the training keys are unused.
     _check_augment(config)
     _check_training(config)

@@ -106,7 +106,7 @@ def metadata(predictor, fitted: fit.Fitted) -> dict:
 
 def serving_function(predictor, fitted: fit.Fitted) -> Serving:
   """The whole scoring function of a Flax workdir's model, with its plain-XLA layers."""
-  if not models.is_flax(predictor.model_name):
+  if not predictor.kind.supports.export:
     raise ValueError(f"Export is for the neural networks; {predictor.model_name} is not one.")
   model_config = copy.deepcopy(predictor.config.model)
   model_config.ops = "xla"

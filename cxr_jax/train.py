@@ -1,6 +1,12 @@
-"""Training loop: phases of one jitted, donated train step; selection on validation; resume.
+"""Training of every model kind, one end of every run, the Flax loop, ensembles.
 
-    train_and_evaluate(config, workdir) -> summary dict
+    train_and_evaluate(config, workdir) -> summary dict   (any kind: config.model.name)
+    create_ensemble(workdir, members) -> summary dict     (cxr_jax.tools.ensemble)
+
+Each kind trains as its `models.ModelKind.train` says; this module provides the built-in
+kinds' trainers (the Flax loop, the scikit-learn fit, an ensemble's threshold), and
+`finish_run` then ends every run alike: the calibration and OOD detector fitted on
+validation, train_summary.json and the model card.
 
 The loop runs one or more phases (config.phases; the small CNNs have one, the
 MobileNetV2 a frozen-backbone phase then a fine-tuning phase). Each phase has its
@@ -14,6 +20,7 @@ uninterrupted run. A workdir records its config; another config is refused unles
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -25,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from sklearn import metrics as skm
 
 from cxr_jax import checkpoints
 from cxr_jax import config_checks
@@ -44,6 +50,7 @@ from cxr_jax.evaluation import fit
 from cxr_jax.evaluation import inference
 from cxr_jax.evaluation import metrics as metrics_lib
 from cxr_jax.evaluation import predictor as predictor_lib
+from cxr_jax.models import kinds
 from cxr_jax.models import pca_logreg
 
 CONFIG_HISTORY_FILE = "config_history.json"
@@ -120,14 +127,19 @@ def check_config_matches(config, workdir: str, allow_change: bool) -> None:
 # Evaluation during training.
 
 
+def validation_metrics(labels, probs) -> dict:
+  """binary_metrics at 0.5, with its log loss also as "loss" (the summaries' name for it)."""
+  m = metrics_lib.binary_metrics(labels, probs, threshold=0.5)
+  m["loss"] = m["log_loss"]
+  return m
+
+
 def evaluate_split(predict_fn, variables, data, batch_size: int, mesh=None
                    ) -> tuple[dict, np.ndarray]:
   probs = inference.predict_batched(predict_fn, variables, data.images, batch_size, mesh)
   if not np.all(np.isfinite(probs)):
     raise NonFiniteLossError("Validation predictions became NaN or inf")
-  m = metrics_lib.binary_metrics(data.labels, probs, threshold=0.5)
-  m["loss"] = float(skm.log_loss(data.labels, probs, labels=[0, 1]))
-  return m, probs
+  return validation_metrics(data.labels, probs), probs
 
 
 def selection_value(metric: str, val_metrics: dict) -> float:
@@ -445,24 +457,33 @@ def _summary(run: Run) -> dict:
   }
 
 
-def _finish(run: Run) -> dict:
-  summary = _summary(run)
+def _trained(run: Run) -> models.Trained:
   # Again: a stop between the last resume point and its history write loses nothing.
   workdir_lib.write_json(workdir_lib.path(run.workdir, workdir_lib.HISTORY_FILE),
                          run.progress.history)
-  # Fitted on validation once, beside the model: predict and evaluate reuse it.
-  predictor = predictor_lib.load_predictor(run.workdir)
-  fit.load_or_fit(predictor, validation=run.val_data, train=run.train_data)
-  workdir_lib.write_json(workdir_lib.path(run.workdir, workdir_lib.SUMMARY_FILE), summary)
-  model_card.write(run.workdir)
   record = run.best_record
-  logging.info("Done. Best epoch %d by validation %s: validation loss %.4f, F1 %.4f "
-               "(threshold 0.5), AUC %.4f; threshold %.3f maximises validation F1 (%.4f). "
-               "Training time %.1fs.", record["global_epoch"], record["selection_metric"],
-               record["val_metrics"]["loss"], record["val_metrics"]["f1"],
-               record["val_metrics"]["roc_auc"] or float("nan"), record["threshold"],
-               record["val_f1_at_threshold"], run.progress.train_seconds)
-  return summary
+  done = ("Done. Best epoch %d by validation %s: validation loss %.4f, F1 %.4f (threshold "
+          "0.5), AUC %.4f; threshold %.3f maximises validation F1 (%.4f). Training time "
+          "%.1fs." % (record["global_epoch"], record["selection_metric"],
+                      record["val_metrics"]["loss"], record["val_metrics"]["f1"],
+                      record["val_metrics"]["roc_auc"] or float("nan"), record["threshold"],
+                      record["val_f1_at_threshold"], run.progress.train_seconds))
+  return models.Trained(_summary(run), run.val_data, run.train_data, done)
+
+
+def finish_run(workdir: str, trained: models.Trained) -> dict:
+  """The end of every run, whatever its kind; returns the summary.
+
+  The calibration and OOD detector are fitted on validation once, beside the model
+  (predict and evaluate reuse them), then train_summary.json and the model card written.
+  """
+  predictor = predictor_lib.load_predictor(workdir)
+  fit.load_or_fit(predictor, validation=trained.validation, train=trained.train)
+  workdir_lib.write_json(workdir_lib.path(workdir, workdir_lib.SUMMARY_FILE), trained.summary)
+  model_card.write(workdir)
+  if trained.done:
+    logging.info("%s", trained.done)
+  return trained.summary
 
 
 def prepare_workdir(config, workdir: str, allow_config_change: bool) -> None:
@@ -476,27 +497,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        command: str | None = None, on_start=None) -> dict:
   """Trains config.model on the patient-grouped train split, selects on validation.
 
+  Any kind (config.model.name): its `train`, then `finish_run`.
   datasets: (train, validation) already decoded for config.data (a sweep decodes once).
   command: how the workdir's lock names this run to a refused second writer.
   on_start(): called once the config and the workdir are checked, before any data is read.
   Returns a summary dict (also written to workdir/train_summary.json).
   """
   config_checks.check(config)  # Before the workdir exists: a refused config creates nothing.
+  kind = models.get(config.model.name)
   with workdir_lib.writer_lock(workdir, command):
     prepare_workdir(config, workdir, allow_config_change)
     if on_start is not None:
       on_start()
-    if not models.is_flax(config.model.name):
-      return train_sklearn(config, workdir, datasets)
-    return _train_flax(config, workdir, datasets)
+    return finish_run(workdir, kind.train(config, workdir, datasets))
 
 
-def _train_flax(config: ml_collections.ConfigDict, workdir: str, datasets=None) -> dict:
+def _train_flax(kind: models.FlaxKind, config: ml_collections.ConfigDict, workdir: str,
+                datasets=None) -> models.Trained:
+  """The Flax loop (the phases above), from the newest resume point if there is one."""
   train_data, val_data = datasets or data_lib.load_train_val(config.data)
   if len(train_data) < config.batch_size:
     raise ValueError(f"Training set has {len(train_data)} images, fewer than "
                      f"config.batch_size={config.batch_size}.")
-  model = models.create_model(config.model)
+  model = kind.create_module(config.model)
   mesh = sharding.data_mesh()
   if mesh.devices.size > 1:
     logging.info("Data parallel over %d %s devices.", mesh.devices.size, jax.default_backend())
@@ -521,11 +544,13 @@ def _train_flax(config: ml_collections.ConfigDict, workdir: str, datasets=None) 
     run.ckpt.close()
     if run.writer is not None:
       run.writer.close()
-  return _finish(run)
+  return _trained(run)
 
 
-def train_sklearn(config: ml_collections.ConfigDict, workdir: str, datasets=None) -> dict:
+def _train_sklearn(kind: models.SklearnKind, config: ml_collections.ConfigDict, workdir: str,
+                   datasets=None) -> models.Trained:
   """Fits a scikit-learn model kind (PCA + logistic regression): C chosen by validation F1."""
+  del kind
   train_data, val_data = datasets or data_lib.load_train_val(config.data)
   x_train, x_val = pca_logreg.flatten(train_data.images), pca_logreg.flatten(val_data.images)
   n_components = pca_logreg.n_components(config.model, *x_train.shape)
@@ -535,7 +560,7 @@ def train_sklearn(config: ml_collections.ConfigDict, workdir: str, datasets=None
     pipeline = pca_logreg.build(config.model, c, config.seed, n_components)
     pipeline.fit(x_train, train_data.labels)
     probs = pipeline.predict_proba(x_val)[:, 1]
-    val = metrics_lib.binary_metrics(val_data.labels, probs, 0.5)
+    val = validation_metrics(val_data.labels, probs)
     logging.info("PCA(%d) + LogisticRegression(C=%g): validation F1 %.4f, AUC %.4f",
                  n_components, c, val["f1"], val["roc_auc"] or float("nan"))
     if best is None or val["f1"] > best[2]["f1"]:
@@ -552,10 +577,80 @@ def train_sklearn(config: ml_collections.ConfigDict, workdir: str, datasets=None
   summary = {"model": config.model.name, "name": config.get("name", ""), "params": params,
              "best_epoch": None, "val": val, "val_threshold": threshold,
              "train_seconds": round(seconds, 1), "skipped_files": train_data.skipped, "C": c}
-  fit.load_or_fit(predictor_lib.load_predictor(workdir), validation=val_data, train=train_data)
-  workdir_lib.write_json(workdir_lib.path(workdir, workdir_lib.SUMMARY_FILE), summary)
-  model_card.write(workdir)
-  logging.info("Done. C=%g: validation F1 %.4f (threshold 0.5); PCA keeps %.1f%% of the "
-               "variance; %s parameters; %.1fs.", c, val["f1"], 100 * explained,
-               f"{params:,}", seconds)
-  return summary
+  done = (f"Done. C={c:g}: validation F1 {val['f1']:.4f} (threshold 0.5); PCA keeps "
+          f"{100 * explained:.1f}% of the variance; {params:,} parameters; {seconds:.1f}s.")
+  return models.Trained(summary, val_data, train_data, done)
+
+
+# ---------------------------------------------------------------------------
+# Ensembles: a kind whose training is the choice of its members.
+
+
+def _member_path(workdir: str, member: str) -> str:
+  """`member` relative to the ensemble's workdir (absolute if that climbs far)."""
+  rel = os.path.relpath(os.path.abspath(member), os.path.abspath(workdir))
+  return rel if not rel.startswith(os.pardir + os.sep + os.pardir + os.sep + os.pardir) \
+      else os.path.abspath(member)
+
+
+def check_ensemble_members(workdir: str, members: list[str]) -> None:
+  """Refuses, before anything is written, members that are not finished or the output itself."""
+  if len(members) < 2:
+    raise ValueError("An ensemble needs at least two member workdirs.")
+  for member in members:
+    if os.path.realpath(member) == os.path.realpath(workdir):
+      raise ValueError(f"--workdir={workdir} is also a member; an ensemble needs a workdir "
+                       "of its own.")
+    trained, reason = workdir_lib.status(member)
+    if not trained:
+      raise ValueError(f"Ensemble member {member!r} is not a finished workdir ({reason}).")
+  if os.path.exists(workdir_lib.path(workdir, workdir_lib.CONFIG_FILE)):
+    kind = workdir_lib.load_config(workdir).model.get("name")
+    if kind != models.ensemble_kind().name:  # Its config and model card would be replaced.
+      raise ValueError(f"{workdir} is a training workdir of {kind}; an ensemble needs a "
+                       "workdir of its own.")
+
+
+def ensemble_config(workdir: str, members: list[str], name: str | None = None
+                    ) -> ml_collections.ConfigDict:
+  """The first member's data and evaluation settings; config.model names the members."""
+  config = copy.deepcopy(workdir_lib.load_config(members[0]))
+  config.name = name or os.path.basename(os.path.normpath(workdir))
+  config.description = f"ensemble of {len(members)}: " + ", ".join(
+      workdir_lib.load_config(m).get("name", m) for m in members)
+  config.model = models.ensemble_kind().model_config([_member_path(workdir, m) for m in members])
+  return config
+
+
+def create_ensemble(workdir: str, members: list[str], name: str | None = None) -> dict:
+  """Writes an ensemble workdir of trained `members`; returns its summary.
+
+  Made again with other members, the workdir takes them (recorded in config_history.json).
+  """
+  check_ensemble_members(workdir, members)
+  return train_and_evaluate(ensemble_config(workdir, members, name), workdir,
+                            allow_config_change=True)
+
+
+def _train_ensemble(kind: models.EnsembleKind, config: ml_collections.ConfigDict, workdir: str,
+                    datasets=None) -> models.Trained:
+  """The members' averaged probabilities: their validation-F1 threshold and metrics."""
+  check_ensemble_members(workdir, kind.member_dirs(workdir, config.model.members))
+  record = {"members": list(config.model.members), "threshold": 0.5}
+  record_path = workdir_lib.path(workdir, kinds.ENSEMBLE_FILE)
+  workdir_lib.write_json(record_path, record)
+  train_data, val = datasets or (None, data_lib.load(config.data, "validation"))
+  probs = predictor_lib.load_predictor(workdir).probs(val.images)
+  record["threshold"] = metrics_lib.f1_optimal_threshold(val.labels, probs)
+  record["val_metrics"] = validation_metrics(val.labels, probs)
+  workdir_lib.write_json(record_path, record)
+  summary = {"model": config.model.name, "name": config.name, "members": record["members"],
+             "params": None, "best_epoch": None, "val": record["val_metrics"],
+             "val_threshold": record["threshold"], "train_seconds": None}
+  return models.Trained(summary, val, train_data)
+
+
+# The built-in kinds' trainers (models/ may not import this module: see models/kinds.py).
+models.FlaxKind.provide(train=_train_flax)
+models.SklearnKind.provide(train=_train_sklearn)
+models.EnsembleKind.provide(train=_train_ensemble)

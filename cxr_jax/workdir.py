@@ -33,8 +33,8 @@ import filelock
 import jax
 import ml_collections
 
-from cxr_jax import checkpoints
 from cxr_jax import models
+from cxr_jax.models import kinds
 from cxr_jax.models import pca_logreg
 
 CONFIG_FILE = "config.json"
@@ -50,7 +50,7 @@ LOCK_WAIT_VARIABLE = "CXR_JAX_LOCK_WAIT"
 # Files of a workdir that no command's output may replace (besides checkpoints/).
 OWN_FILES = (CONFIG_FILE, HISTORY_FILE, SUMMARY_FILE, CALIBRATION_FILE, LOCK_FILE,
              "config_history.json", "command.json", "train.log", OOD_FILE, SHIFT_FILE,
-             "ensemble.json", "MODEL_CARD.md", "model_card.json", "run.json",
+             kinds.ENSEMBLE_FILE, "MODEL_CARD.md", "model_card.json", "run.json",
              pca_logreg.MODEL_FILE, pca_logreg.META_FILE)
 
 
@@ -177,12 +177,7 @@ def status(workdir: str) -> tuple[bool, str]:
     return False, "no workdir"
   if not os.path.exists(path(workdir, CONFIG_FILE)):
     return False, "no config.json"
-  config = load_config(workdir)
-  kind = models.get(config.model.name).framework
-  has_model = (checkpoints.has_best(workdir) if kind == models.FLAX
-               else pca_logreg.is_saved(workdir) if kind == models.SKLEARN
-               else os.path.exists(path(workdir, "ensemble.json")))
-  if not has_model:
+  if not models.get(load_config(workdir).model.name).has_model(workdir):
     return False, "no trained model in the workdir"
   if not os.path.exists(path(workdir, SUMMARY_FILE)):
     return False, "training has not finished (no train_summary.json)"

@@ -26,7 +26,6 @@ from cxr_jax import export
 from cxr_jax import report
 from cxr_jax import train
 from cxr_jax import workdir as workdir_lib
-from cxr_jax.evaluation import ensemble
 from cxr_jax.evaluation import evaluate
 from cxr_jax.evaluation import predict
 from cxr_jax.report import collect
@@ -295,7 +294,7 @@ OUTPUT_PROBES = [
      "Cannot write /proc/cxr_jax/export"),
     ("report onto a workdir", lambda w, d: report.build_report([collect.Entry("w", w)], w),
      "is also an input"),
-    ("ensemble onto one of its members", lambda w, d: ensemble.create(w, [w, d]),
+    ("ensemble onto one of its members", lambda w, d: train.create_ensemble(w, [w, d]),
      "is also a member"),
 ]
 

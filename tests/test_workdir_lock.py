@@ -26,7 +26,6 @@ from cxr_jax import report
 from cxr_jax import sweep
 from cxr_jax import train
 from cxr_jax import workdir as workdir_lib
-from cxr_jax.evaluation import ensemble
 from cxr_jax.evaluation import evaluate
 from cxr_jax.evaluation import predict
 from tests.conftest import CHEST_XRAY, REPO, require
@@ -144,13 +143,13 @@ def _writers(w: str, r: str, s: str, monkeypatch) -> dict:
                        (evaluate, "evaluate_folder"), (export.predictor_lib, "load_predictor"),
                        (report.collect, "collect_all")):
     monkeypatch.setattr(module, name, no_work)
-  monkeypatch.setattr(ensemble, "check_members", lambda *args: None)
+  monkeypatch.setattr(train, "check_ensemble_members", lambda *args: None)
   return {
       "train": lambda: train.train_and_evaluate(_config(), w),
       "evaluate into the workdir": lambda: evaluate.evaluate_to_file(
           w, str(CHEST_XRAY / "test"), os.path.join(w, "eval_test.json")),
       "export into the workdir": lambda: export.export_workdir(w, os.path.join(w, "export")),
-      "ensemble": lambda: ensemble.create(w, [w, w]),
+      "ensemble": lambda: train.create_ensemble(w, [w, w]),
       "report folder": lambda: report.build_report([], r),
       "sweep root": lambda: sweep.run_sweep({"x": _config()}, [0], r, no_work),
       "sweep run": lambda: sweep.run_sweep({"x": _config()}, [0], s, no_work),

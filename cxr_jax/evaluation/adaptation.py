@@ -96,29 +96,14 @@ def adabn(predictor: predictor_lib.FlaxPredictor, images: np.ndarray,
   return adapted
 
 
-def _adabn_any(predictor, images: np.ndarray):
-  """AdaBN of a Flax predictor, or of every Flax member of an ensemble; None if none."""
-  if isinstance(predictor, predictor_lib.FlaxPredictor):
-    return adabn(predictor, images)
-  if isinstance(predictor, predictor_lib.EnsemblePredictor):
-    members = [adabn(m, predictor_lib.resize_images(images, m.preprocess))
-               if isinstance(m, predictor_lib.FlaxPredictor) else None
-               for m in predictor.members]
-    if all(m is None for m in members):
-      return None
-    adapted = copy.copy(predictor)
-    adapted.members = [a if a is not None else m for a, m in zip(members, predictor.members)]
-    return adapted
-  return None
-
-
 def adapt(predictor, images: np.ndarray, method: str, temperature: float) -> dict:
   """{"probs" (adapted, calibrated), "prior", "adabn" (applied?), "method"} of a folder."""
   if method not in METHODS:
     raise ValueError(f"adaptation must be one of {METHODS}; got {method!r}.")
   applied_adabn = False
   if "adabn" in method:
-    adapted = _adabn_any(predictor, images)
+    # A Flax network's own statistics, or every Flax member's of an ensemble; None if none.
+    adapted = predictor.with_batch_norm_of(images, adabn)
     if adapted is not None:
       predictor, applied_adabn = adapted, True
   probs = scoring.calibrate_probs(predictor.probs(images), temperature)

@@ -8,14 +8,16 @@
   predictor.gradcam(images)           # heatmaps [N, H, W] in [0, 1], or None if unsupported
 
 `evaluate`, `predict`, the report and the out-of-distribution fit all score through
-it, so a new model kind (an ensemble, say) is one new subclass.
+it. Which class a workdir loads as is its model kind's answer (`models.get(name)
+.load_predictor`): this module provides the built-in kinds' loaders (`FlaxPredictor.load`,
+...), so a new kind is one Predictor subclass and one kind.
 """
 
 from __future__ import annotations
 
 import abc
-import os
-from typing import NamedTuple
+import copy
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,10 +35,10 @@ from cxr_jax.data import decode
 from cxr_jax.evaluation import gradcam as gradcam_lib
 from cxr_jax.evaluation import inference
 from cxr_jax.evaluation import ood
+from cxr_jax.models import kinds
 from cxr_jax.models import pca_logreg
 
 GRADCAM_BATCH = 8  # Fixed batch: Grad-CAM compiles once per input shape.
-ENSEMBLE_FILE = "ensemble.json"  # The members of an ensemble workdir (evaluation/ensemble.py).
 
 
 class Output(NamedTuple):
@@ -55,6 +57,11 @@ class Predictor(abc.ABC):
   @property
   def model_name(self) -> str:
     return self.config.model.name
+
+  @property
+  def kind(self) -> models.ModelKind:
+    """The registered model kind: what it supports (Grad-CAM, AdaBN, export, OOD kinds)."""
+    return models.get(self.model_name)
 
   @property
   def preprocess(self) -> data_lib.Preprocess:
@@ -107,6 +114,12 @@ class Predictor(abc.ABC):
     del images
     return None
 
+  def with_batch_norm_of(self, images: np.ndarray, estimate: Callable) -> Predictor | None:
+    """A copy whose BatchNorm statistics `estimate(flax_predictor, images)` re-estimated
+    (evaluation.adaptation.adabn); None where nothing in it has BatchNorm."""
+    del images, estimate
+    return None
+
 
 class FlaxPredictor(Predictor):
   """The best checkpoint of a Flax workdir."""
@@ -119,6 +132,13 @@ class FlaxPredictor(Predictor):
     self.batch_size = int(batch_size or config.eval_batch_size)
     self.mesh = mesh
     self._fn = make_predict_fn(self.model)
+
+  @classmethod
+  def load(cls, kind, workdir: str, config, batch_size: int | None = None, mesh=None
+           ) -> FlaxPredictor:
+    del kind
+    variables, meta = checkpoints.restore_best(workdir)
+    return cls(workdir, config, variables, meta, batch_size, mesh)
 
   def predict(self, images: np.ndarray) -> Output:
     self.check_images(images)
@@ -139,6 +159,9 @@ class FlaxPredictor(Predictor):
     self.check_images(images)
     return gradcam_batched(self.model, self.variables, images)
 
+  def with_batch_norm_of(self, images: np.ndarray, estimate: Callable) -> Predictor | None:
+    return estimate(self, images)
+
 
 class SklearnPredictor(Predictor):
   """A fitted scikit-learn pipeline (PCA + logistic regression); features = its pixels."""
@@ -146,6 +169,13 @@ class SklearnPredictor(Predictor):
   def __init__(self, workdir: str, config, pipeline, meta: dict):
     super().__init__(workdir, config, meta)
     self.pipeline = pipeline
+
+  @classmethod
+  def load(cls, kind, workdir: str, config, batch_size: int | None = None, mesh=None
+           ) -> SklearnPredictor:
+    del kind, batch_size, mesh
+    pipeline, meta = pca_logreg.load(workdir)
+    return cls(workdir, config, pipeline, meta)
 
   def predict(self, images: np.ndarray) -> Output:
     self.check_images(images)
@@ -233,6 +263,14 @@ class EnsemblePredictor(Predictor):
     super().__init__(workdir, config, record)
     self.members = members
 
+  @classmethod
+  def load(cls, kind, workdir: str, config, batch_size: int | None = None, mesh=None
+           ) -> EnsemblePredictor:
+    record = workdir_lib.read_json(workdir_lib.path(workdir, kinds.ENSEMBLE_FILE))
+    members = [load_predictor(m, batch_size, mesh)
+               for m in kind.member_dirs(workdir, record["members"])]
+    return cls(workdir, config, members, record)
+
   def predict(self, images: np.ndarray) -> Output:
     self.check_images(images)
     outs = [m.predict(resize_images(images, m.preprocess)) for m in self.members]
@@ -256,6 +294,16 @@ class EnsemblePredictor(Predictor):
         cams.append(np.stack([np.asarray(Image.fromarray(c.astype(np.float32)).resize(
             images.shape[2:0:-1], Image.BILINEAR)) for c in cam]))
     return np.clip(np.mean(cams, axis=0), 0.0, 1.0) if cams else None
+
+  def with_batch_norm_of(self, images: np.ndarray, estimate: Callable) -> Predictor | None:
+    """Every member's own AdaBN (at its input size); None if no member has BatchNorm."""
+    adapted = [m.with_batch_norm_of(resize_images(images, m.preprocess), estimate)
+               for m in self.members]
+    if all(a is None for a in adapted):
+      return None
+    out = copy.copy(self)
+    out.members = [a if a is not None else m for a, m in zip(adapted, self.members)]
+    return out
 
 
 def make_predict_fn(model):
@@ -291,17 +339,13 @@ def gradcam_batched(model, variables, images: np.ndarray,
 
 def load_predictor(workdir: str, batch_size: int | None = None, mesh=None,
                    tta: bool = False) -> Predictor:
-  """The trained model of `workdir` (its config.json says which kind); tta: TTAPredictor."""
+  """The trained model of `workdir` (its config.json names the kind); tta: TTAPredictor."""
   config = workdir_lib.load_config(workdir)
-  if config.model.name == models.ENSEMBLE:
-    record = workdir_lib.read_json(workdir_lib.path(workdir, ENSEMBLE_FILE))
-    members = [load_predictor(m if os.path.isabs(m) else os.path.join(workdir, m), batch_size,
-                              mesh) for m in record["members"]]
-    predictor = EnsemblePredictor(workdir, config, members, record)
-  elif models.is_flax(config.model.name):
-    variables, meta = checkpoints.restore_best(workdir)
-    predictor = FlaxPredictor(workdir, config, variables, meta, batch_size, mesh)
-  else:
-    pipeline, meta = pca_logreg.load(workdir)
-    predictor = SklearnPredictor(workdir, config, pipeline, meta)
+  predictor = models.get(config.model.name).load_predictor(workdir, config, batch_size, mesh)
   return TTAPredictor(predictor) if tta else predictor
+
+
+# The built-in kinds' loaders (models/ may not import this module: see models/kinds.py).
+models.FlaxKind.provide(load_predictor=FlaxPredictor.load)
+models.SklearnKind.provide(load_predictor=SklearnPredictor.load)
+models.EnsembleKind.provide(load_predictor=EnsemblePredictor.load)

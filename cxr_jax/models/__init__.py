@@ -1,6 +1,6 @@
-"""Models: one registry of every model kind, Flax and scikit-learn alike.
+"""Models: one registry of every model kind, Flax, scikit-learn and ensemble alike.
 
-  models.get(name) -> ModelKind(name, framework, factory)
+  models.get(name) -> ModelKind: trains, loads its Predictor, says what it supports (`kinds`)
   models.create_model(config.model) -> flax.linen.Module        (Flax kinds)
   models.apply_with_features(model, variables, images01) -> (logits, feature grid)
 
@@ -9,15 +9,12 @@ logit per image, [B], and sows its last spatial feature map (("intermediates",
 "feature_map"), [B, h, w, C]); `train` switches dropout and BatchNorm statistics. A new model is a
 module here plus one `register` line below, and a config in configs/.
 
-Modules: `cnn` (the small CNNs), `mobilenet_v2` (keras.applications.MobileNetV2 in
-Flax), `keras_weights` (its strict .h5 port), `mobilenet` (the classifier on it),
-`pca_logreg` (the scikit-learn baseline).
+Modules: `kinds` (the ModelKind protocol and the built-in kinds), `cnn` (the small CNNs),
+`mobilenet_v2` (keras.applications.MobileNetV2 in Flax), `keras_weights` (its strict .h5
+port), `mobilenet` (the classifier on it), `pca_logreg` (the scikit-learn baseline).
 """
 
 from __future__ import annotations
-
-import dataclasses
-from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -25,25 +22,22 @@ import jax.numpy as jnp
 
 from cxr_jax import ops as ops_lib
 from cxr_jax.models import cnn
+from cxr_jax.models import kinds
 from cxr_jax.models import mobilenet
-
-FLAX = "flax"
-SKLEARN = "sklearn"
-ENSEMBLE = "ensemble"  # A workdir that names member workdirs (evaluation/ensemble.py).
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelKind:
-  name: str
-  framework: str  # FLAX or SKLEARN
-  factory: Callable | None = None  # model_config -> nn.Module (Flax kinds)
-
+from cxr_jax.models.kinds import EnsembleKind
+from cxr_jax.models.kinds import FlaxKind
+from cxr_jax.models.kinds import ModelKind
+from cxr_jax.models.kinds import SklearnKind
+from cxr_jax.models.kinds import Supports
+from cxr_jax.models.kinds import Trained
 
 _REGISTRY: dict[str, ModelKind] = {}
 
 
-def register(name: str, framework: str = FLAX, factory: Callable | None = None) -> None:
-  _REGISTRY[name] = ModelKind(name, framework, factory)
+def register(kind: ModelKind) -> ModelKind:
+  """Makes `kind` the one named `kind.name` (config.model.name); returns it."""
+  _REGISTRY[kind.name] = kind
+  return kind
 
 
 def names() -> list[str]:
@@ -56,10 +50,6 @@ def get(name: str) -> ModelKind:
   return _REGISTRY[name]
 
 
-def is_flax(name: str) -> bool:
-  return get(name).framework == FLAX
-
-
 def ops_impl(model_config) -> str:
   """The config's `cxr_jax.ops` policy (older workdirs name it `depthwise_impl`)."""
   return ops_lib.normalize(model_config.get("ops", model_config.get("depthwise_impl", "auto")))
@@ -67,10 +57,7 @@ def ops_impl(model_config) -> str:
 
 def create_model(model_config) -> nn.Module:
   """Builds the Flax module named by `model_config.name` from its config."""
-  kind = get(model_config.name)
-  if kind.framework != FLAX:
-    raise ValueError(f"Model {kind.name!r} is a {kind.framework} model, not a Flax module.")
-  return kind.factory(model_config)
+  return get(model_config.name).create_module(model_config)
 
 
 def param_count(params) -> int:
@@ -143,9 +130,14 @@ def _mobilenet_v2(model_config):
       bn_momentum=model_config.get("bn_momentum", mobilenet.mobilenet_v2.BN_MOMENTUM))
 
 
-register("cnn_baseline", FLAX, _cnn_baseline)
-register("cnn_v2", FLAX, _cnn)
-register("cnn_v3", FLAX, _cnn)
-register("mobilenet_v2", FLAX, _mobilenet_v2)
-register("pca_logreg", SKLEARN)
-register(ENSEMBLE, ENSEMBLE)
+register(FlaxKind("cnn_baseline", _cnn_baseline))
+register(FlaxKind("cnn_v2", _cnn))
+register(FlaxKind("cnn_v3", _cnn))
+register(FlaxKind("mobilenet_v2", _mobilenet_v2))
+register(SklearnKind("pca_logreg"))
+_ENSEMBLE = register(EnsembleKind("ensemble"))
+
+
+def ensemble_kind() -> EnsembleKind:
+  """The kind the ensemble command makes (cxr_jax.train.create_ensemble)."""
+  return _ENSEMBLE

@@ -13,7 +13,7 @@ if __name__ == "__main__":
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 
-from cxr_jax.evaluation import ensemble
+from cxr_jax import train
 from cxr_jax.tools import startup
 
 flags.DEFINE_string("workdir", None, "The ensemble workdir to write.", required=True)
@@ -25,7 +25,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  summary = ensemble.create(FLAGS.workdir, FLAGS.members, FLAGS.name)
+  summary = train.create_ensemble(FLAGS.workdir, FLAGS.members, FLAGS.name)
   v = summary["val"]
   print(f"Ensemble of {len(summary['members'])} in {FLAGS.workdir}: validation log loss "
         f"{v['loss']:.4f}, F1 {v['f1']:.4f}, AUC {v['roc_auc']:.4f}.")

@@ -21,7 +21,6 @@ from absl import app
 from absl import flags
 
 from cxr_jax import data as data_lib
-from cxr_jax import models
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.evaluation import fit
 from cxr_jax.evaluation import ood_cases
@@ -29,8 +28,9 @@ from cxr_jax.evaluation import predictor as predictor_lib
 from cxr_jax.tools import startup
 
 flags.DEFINE_multi_string("workdir", None, "Trained workdir; repeatable.", required=True)
-flags.DEFINE_list("kinds", ["mahalanobis", "knn"], "Detectors to compare (Flax models; "
-                  "PCA + logistic regression uses its own reconstruction error).")
+flags.DEFINE_list("kinds", ["mahalanobis", "knn"], "Detectors to compare, of those the "
+                  "model's features take (PCA + logistic regression: its own reconstruction "
+                  "error).")
 flags.DEFINE_string("photos_dir", "data/imagenet_photos", "Natural photos ('' for none).")
 flags.DEFINE_integer("n", 64, "Images per generated family.")
 flags.DEFINE_string("output", "", "Also write the results as JSON here.")
@@ -61,7 +61,9 @@ def main(argv):
     test = data_lib.load(config.data, "test")
     photos = FLAGS.photos_dir if FLAGS.photos_dir and os.path.isdir(FLAGS.photos_dir) else None
     cases = ood_cases.make_cases(val.images, FLAGS.n, photos, predictor.preprocess)
-    kinds = FLAGS.kinds if models.is_flax(config.model.name) else ["pca_reconstruction"]
+    # The asked detectors its features take; else its own (PCA's reconstruction error).
+    supported = predictor.kind.supports.ood_detectors
+    kinds = [k for k in FLAGS.kinds if k in supported] or list(supported)
     # Keyed by workdir: the seeds of one recipe share its model name.
     results[workdir] = ood_cases.measure(predictor, train, val, cases, kinds,
                                          fit.ood_settings(config)["accept"], {"test": test})

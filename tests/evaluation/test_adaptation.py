@@ -25,15 +25,25 @@ def test_em_recovers_a_shifted_prior_from_calibrated_posteriors():
   assert np.mean(adapted >= 0.5) < np.mean(probs >= 0.5)  # Fewer pneumonia calls.
 
 
-def test_adabn_sets_the_first_batchnorm_to_the_folder_statistics():
+def _cnn_v2_predictor(seed: int = 0) -> predictor_lib.FlaxPredictor:
+  """A 16 px cnn_v2 (one BatchNorm) as a FlaxPredictor, without a workdir."""
   config = ml_collections.ConfigDict(dict(name="cnn_v2", block_features=(4,),
                                           convs_per_block=1, dense_features=4,
                                           dropout_rate=0.0, ops="xla"))
   model = models.create_model(config)
-  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))
+  variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 16, 16, 1)))
   variables.pop("intermediates", None)
   predictor = predictor_lib.FlaxPredictor.__new__(predictor_lib.FlaxPredictor)
-  predictor.model, predictor.variables, predictor.config = model, variables, None
+  predictor.model, predictor.variables, predictor.workdir, predictor.meta = (
+      model, variables, "w", {})
+  predictor.config = ml_collections.ConfigDict(
+      {"model": config, "data": {"image_size": 16, "channels": 1}})
+  return predictor
+
+
+def test_adabn_sets_the_first_batchnorm_to_the_folder_statistics():
+  predictor = _cnn_v2_predictor()
+  model, variables = predictor.model, predictor.variables
   images = np.random.default_rng(1).integers(100, 200, (8, 16, 16, 1), dtype=np.uint8)
   adapted = adaptation.adabn(predictor, images, batch_size=4)
   first = jax.lax.conv_general_dilated(
@@ -46,6 +56,22 @@ def test_adabn_sets_the_first_batchnorm_to_the_folder_statistics():
   np.testing.assert_allclose(stats["mean"], mean, rtol=1e-3, atol=1e-5)
   np.testing.assert_allclose(stats["var"], var, rtol=1e-3, atol=1e-5)
   assert predictor.variables is variables  # The original is left as it was.
+
+
+def test_adabn_of_an_ensemble_adapts_each_member_that_has_batchnorm():
+  images = np.random.default_rng(2).integers(100, 200, (8, 16, 16, 1), dtype=np.uint8)
+  members = [_cnn_v2_predictor(0), _cnn_v2_predictor(1)]
+  ensemble = predictor_lib.EnsemblePredictor("w", members[0].config, members, {})
+  adapted = ensemble.with_batch_norm_of(images, adaptation.adabn)
+  assert adapted is not ensemble and ensemble.members == members  # Left as it was.
+  for member, alone in zip(adapted.members, members):
+    expected = adaptation.adabn(alone, images)
+    np.testing.assert_allclose(
+        member.variables["batch_stats"]["ConvBlock_0"]["BatchNorm_0"]["mean"],
+        expected.variables["batch_stats"]["ConvBlock_0"]["BatchNorm_0"]["mean"], rtol=1e-6)
+  # Test-time augmentation is left unadapted (None), as evaluate --tta has always left it.
+  assert predictor_lib.TTAPredictor(members[0]).with_batch_norm_of(images, adaptation.adabn) \
+      is None
 
 
 def test_unknown_method_is_refused():

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 from configs import cnn_baseline
 from cxr_jax import data as data_lib
+from cxr_jax import models
 from cxr_jax import train
-from cxr_jax.evaluation import ensemble
+from cxr_jax import workdir as workdir_lib
 from cxr_jax.evaluation import evaluate
 from cxr_jax.evaluation import predictor as predictor_lib
 from tests.report.test_report import debug_config
@@ -28,8 +31,13 @@ def members(tmp_path_factory, chest_xray_dir):
 
 def test_ensemble_averages_members_and_works_everywhere(members, tmp_path, chest_xray_dir):
   workdir = str(tmp_path / "ens")
-  summary = ensemble.create(workdir, members)
+  summary = train.create_ensemble(workdir, members)
   assert summary["model"] == "ensemble" and len(summary["members"]) == 2
+  assert summary["val"]["loss"] == summary["val"]["log_loss"]
+  config = workdir_lib.load_config(workdir)  # The config names its members, as ensemble.json.
+  assert config.model.members == summary["members"] == workdir_lib.read_json(
+      os.path.join(workdir, "ensemble.json"))["members"]
+  assert models.get(config.model.name).has_model(workdir) and workdir_lib.is_trained(workdir)
   predictor = predictor_lib.load_predictor(workdir)
   images = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 1), dtype=np.uint8)
   member_probs = [predictor_lib.load_predictor(m).probs(images) for m in members]
@@ -45,7 +53,12 @@ def test_ensemble_averages_members_and_works_everywhere(members, tmp_path, chest
 
 def test_ensemble_needs_trained_members(members, tmp_path):
   with pytest.raises(ValueError, match="not a finished workdir"):
-    ensemble.create(str(tmp_path / "e"), [members[0], str(tmp_path / "nothing")])
+    train.create_ensemble(str(tmp_path / "e"), [members[0], str(tmp_path / "nothing")])
+  assert not (tmp_path / "e").exists()
+  before = sorted(os.listdir(members[0]))
+  with pytest.raises(ValueError, match="is a training workdir of cnn_baseline"):
+    train.create_ensemble(members[0], [members[1], members[1]])
+  assert sorted(os.listdir(members[0])) == before
 
 
 def test_tta_views_never_flip_and_average_the_probabilities(members):
