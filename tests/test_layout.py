@@ -1,4 +1,5 @@
-"""The package's shape: imports run one way and flags live only in the command lines."""
+"""The package's shape: imports run one way, down the README's tiers, and flags live only in
+the command lines."""
 
 from __future__ import annotations
 
@@ -8,6 +9,20 @@ import os
 from tests.conftest import REPO
 
 PACKAGE = os.path.join(REPO, "cxr_jax")
+
+# README.md, "How the code is laid out": `tools` -> `report`, `serve` -> `train`, `sweep`,
+# `export` -> `evaluation` -> `models`, `data` -> `ops`. Highest first; a module may import
+# its own tier and those below it, never one above. The modules the README's line leaves
+# out sit where what they import and who imports them put them; every module needs a tier.
+TIERS = (
+    ("tools",),
+    ("report", "serve"),
+    ("train", "sweep", "export", "config_checks", "train_step", "benchmarking", "bench"),
+    ("evaluation",),
+    ("workdir", "model_card"),  # What each workdir file is; evaluation reads and writes them.
+    ("models", "data"),
+    ("ops", "checkpoints", "sharding", "faults", "progress", "tf_import", "stderr_redirect"),
+)
 
 
 def _modules() -> dict[str, str]:
@@ -34,9 +49,64 @@ def _imports(path: str, modules: dict[str, str]) -> set[str]:
   return found
 
 
-def test_no_import_cycle_between_modules():
+def _graph() -> dict[str, set[str]]:
   modules = _modules()
-  graph = {m: _imports(p, modules) - {m} for m, p in modules.items()}
+  return {m: _imports(p, modules) - {m} for m, p in modules.items()}
+
+
+def tier_of(module: str) -> int | None:
+  """The index in TIERS (0: highest) of the longest tier entry that names `module` or a
+  package above it; None for a module no tier names (the package's own __init__ is lowest)."""
+  if module == "cxr_jax":
+    return len(TIERS) - 1
+  best, depth = None, -1
+  for index, names in enumerate(TIERS):
+    for name in names:
+      prefix = f"cxr_jax.{name}"
+      if (module == prefix or module.startswith(prefix + ".")) and prefix.count(".") > depth:
+        best, depth = index, prefix.count(".")
+  return best
+
+
+def tier_violations(graph: dict[str, set[str]]) -> list[str]:
+  """"a (tier) imports b (higher tier)" for every import that runs up the tiers."""
+  out = []
+  for module, deps in sorted(graph.items()):
+    for dep in sorted(deps):
+      if tier_of(dep) < tier_of(module):
+        out.append(f"{module} ({', '.join(TIERS[tier_of(module)])}) imports {dep} "
+                   f"({', '.join(TIERS[tier_of(dep)])}), a higher tier")
+  return out
+
+
+def test_every_module_has_a_tier():
+  missing = sorted(m for m in _modules() if tier_of(m) is None)
+  assert not missing, f"modules in no tier of TIERS (add them where they belong): {missing}"
+
+
+def test_imports_run_down_the_tiers():
+  violations = tier_violations(_graph())
+  assert not violations, "\n".join(violations)
+
+
+def test_an_import_up_the_tiers_is_found():
+  # A lower tier importing a higher one (the model registry importing the predictors, an
+  # evaluation module importing training) fails; imports within a tier or down are fine.
+  graph = {"cxr_jax.models": {"cxr_jax.evaluation.predictor"},
+           "cxr_jax.evaluation.ensemble": {"cxr_jax.train", "cxr_jax.evaluation.fit",
+                                            "cxr_jax.models.kinds"},
+           "cxr_jax.train": {"cxr_jax.config_checks", "cxr_jax.evaluation.fit"}}
+  assert tier_violations(graph) == [
+      "cxr_jax.evaluation.ensemble (evaluation) imports cxr_jax.train (train, sweep, export, "
+      "config_checks, train_step, benchmarking, bench), a higher tier",
+      "cxr_jax.models (models, data) imports cxr_jax.evaluation.predictor (evaluation), a "
+      "higher tier"]
+  assert tier_of("cxr_jax.evaluation.predictor") == tier_of("cxr_jax.evaluation")
+  assert tier_of("cxr_jax.nowhere") is None
+
+
+def test_no_import_cycle_between_modules():
+  graph = _graph()
   # A package's __init__ re-exporting its own modules is not a cycle of the code.
   graph = {m: {d for d in deps if not m.startswith(d + ".") and not d.startswith(m + ".")}
            for m, deps in graph.items()}
