@@ -4,9 +4,8 @@
   python launch.py --config=configs/cnn_v3.py:debug --workdir=/tmp/debug
 """
 
-if __name__ == "__main__":
-  from cxr_jax.tools import malloc_tuning
-  malloc_tuning.prepare_process()  # Before the heavy imports: may restart once.
+from cxr_jax.tools import malloc_tuning
+malloc_tuning.prepare_main(__name__)  # Before the heavy imports: a command may restart once.
 
 import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 import os

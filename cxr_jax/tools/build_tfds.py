@@ -3,9 +3,8 @@
   python -m cxr_jax.tools.build_tfds --manual_dir=data/chest_xray --data_dir=data/tensorflow_datasets
 """
 
-if __name__ == "__main__":
-  from cxr_jax.tools import malloc_tuning
-  malloc_tuning.prepare_process()  # Before the heavy imports: may restart once.
+from cxr_jax.tools import malloc_tuning
+malloc_tuning.prepare_main(__name__)  # Before the heavy imports: a command may restart once.
 
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags

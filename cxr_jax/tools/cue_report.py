@@ -10,9 +10,8 @@ image takes the other class's training median of it). Writes CUES.md, cue_report
 and one histogram figure per set under --output. test/ is never read.
 """
 
-if __name__ == "__main__":
-  from cxr_jax.tools import malloc_tuning
-  malloc_tuning.prepare_process()  # Before the heavy imports: may restart once.
+from cxr_jax.tools import malloc_tuning
+malloc_tuning.prepare_main(__name__)  # Before the heavy imports: a command may restart once.
 
 import json  # pylint: disable=g-import-not-at-top,wrong-import-position
 import os

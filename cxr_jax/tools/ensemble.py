@@ -6,9 +6,8 @@
 Then evaluate, predict and the report take it like any workdir.
 """
 
-if __name__ == "__main__":
-  from cxr_jax.tools import malloc_tuning
-  malloc_tuning.prepare_process()  # Before the heavy imports: may restart once.
+from cxr_jax.tools import malloc_tuning
+malloc_tuning.prepare_main(__name__)  # Before the heavy imports: a command may restart once.
 
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags

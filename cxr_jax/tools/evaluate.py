@@ -4,9 +4,8 @@
       --output=workdirs/cnn_v3/test_metrics.json
 """
 
-if __name__ == "__main__":
-  from cxr_jax.tools import malloc_tuning
-  malloc_tuning.prepare_process()  # Before the heavy imports: may restart once.
+from cxr_jax.tools import malloc_tuning
+malloc_tuning.prepare_main(__name__)  # Before the heavy imports: a command may restart once.
 
 import os  # pylint: disable=g-import-not-at-top,wrong-import-position
 

@@ -9,9 +9,14 @@ large blocks kept on the heap (mmap and trim thresholds of 4 GiB) take that trai
 step from ~2.3 s to ~1.4 s on 2 cores. TensorFlow gains as well; `python -m
 cxr_jax.tools.bench` runs Flax and Keras in one process, under the same settings.
 
-glibc reads GLIBC_TUNABLES only when a process starts, so command-line entry points
-call `reexec_with_tunables()` first: it adds the settings to the environment and
-re-executes the same command, once. Settings the user already chose win. It does
+glibc reads GLIBC_TUNABLES only when a process starts, so every command-line entry point
+(cxr_jax/tools/*.py, launch.py) begins, before its heavy imports, with
+
+  from cxr_jax.tools import malloc_tuning
+  malloc_tuning.prepare_main(__name__)
+
+which, run as a program, adds the settings to the environment and re-executes the same
+command, once (`startup.run` checks again, for a command that missed the line). Settings the user already chose win. It does
 nothing off Linux/glibc or with CXR_JAX_MALLOC_TUNING=0. Importing this module
 imports nothing heavy.
 """
@@ -50,6 +55,13 @@ def needs_reexec(environ: Mapping[str, str], system: str | None = None,
     return False
   current = environ.get("GLIBC_TUNABLES", "")
   return tunables_value(current) != current
+
+
+def prepare_main(module_name: str) -> None:
+  """`prepare_process()` where `module_name` (the caller's __name__) is "__main__": what an
+  entry point runs first; imported (by a test, another module), it does nothing."""
+  if module_name == "__main__":
+    prepare_process()
 
 
 def prepare_process() -> None:

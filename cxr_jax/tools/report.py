@@ -7,9 +7,8 @@ Each config of --configs is one model, its workdir `<workdirs>/<config.name>`;
 --train_missing trains those without a finished run first.
 """
 
-if __name__ == "__main__":
-  from cxr_jax.tools import malloc_tuning
-  malloc_tuning.prepare_process()  # Before the heavy imports: may restart once.
+from cxr_jax.tools import malloc_tuning
+malloc_tuning.prepare_main(__name__)  # Before the heavy imports: a command may restart once.
 
 import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
 import time

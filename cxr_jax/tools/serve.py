@@ -9,9 +9,8 @@ Bound to 127.0.0.1 unless --host says otherwise; any other address needs an acce
 (README.md, "Serving"). Uploads over --max_upload_mb or --max_megapixels are refused.
 """
 
-if __name__ == "__main__":
-  from cxr_jax.tools import malloc_tuning
-  malloc_tuning.prepare_process()  # Before the heavy imports: may restart once.
+from cxr_jax.tools import malloc_tuning
+malloc_tuning.prepare_main(__name__)  # Before the heavy imports: a command may restart once.
 
 import os  # pylint: disable=g-import-not-at-top,wrong-import-position
 

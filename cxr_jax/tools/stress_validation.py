@@ -9,9 +9,8 @@ training split's 5th-95th percentiles), with the mean and the worst family. test
 never read.
 """
 
-if __name__ == "__main__":
-  from cxr_jax.tools import malloc_tuning
-  malloc_tuning.prepare_process()  # Before the heavy imports: may restart once.
+from cxr_jax.tools import malloc_tuning
+malloc_tuning.prepare_main(__name__)  # Before the heavy imports: a command may restart once.
 
 import json  # pylint: disable=g-import-not-at-top,wrong-import-position
 import os

@@ -8,9 +8,8 @@ Writes <root>/<config name>/seed_<s>/ (workdirs), <root>/sweep.json and <root>/S
 Re-running the same command resumes: finished runs are reused.
 """
 
-if __name__ == "__main__":
-  from cxr_jax.tools import malloc_tuning
-  malloc_tuning.prepare_process()  # Before the heavy imports: may restart once.
+from cxr_jax.tools import malloc_tuning
+malloc_tuning.prepare_main(__name__)  # Before the heavy imports: a command may restart once.
 
 import time  # pylint: disable=g-import-not-at-top,wrong-import-position
 
