@@ -1,11 +1,13 @@
 """Speed of the MobileNetV2 classifier: Flax vs Keras, input pipeline, cached features.
 
-  python -m cxr_jax.tools.bench                     # CPU: alphas 0.35,1.0, 224x224, batch 32
+  python -m cxr_jax.tools.bench                     # the recipe of make train, then
+                                                    # alphas 0.35,1.0 at 224x224, batch 32
+  python -m cxr_jax.tools.bench --config=configs/mobilenet.py:freeze3 --alphas=0.35  # a recipe
   python -m cxr_jax.tools.bench --preset=gpu        # batch 256, bfloat16, + 624-image eval
   python -m cxr_jax.tools.bench --alphas=0.35 --steps=5 --warmup=1 --keras=off --json=b.json
   python -m cxr_jax.tools.bench --depthwise         # the two depthwise forms alone
 
-See `cxr_jax.benchmarking` for what each number measures.
+See `cxr_jax.bench` for what each number measures.
 """
 
 if __name__ == "__main__":
@@ -20,27 +22,33 @@ import sys
 from absl import app
 from absl import flags
 
-from cxr_jax import benchmarking
+from cxr_jax.bench import exported as exported_bench
+from cxr_jax.bench import keras_peer
+from cxr_jax.bench import network
+from cxr_jax.bench import suite
+from cxr_jax.bench import table
 from cxr_jax import ops
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.tools import config_files
 from cxr_jax.tools import startup
 
-flags.DEFINE_enum("preset", "cpu", list(benchmarking.PRESETS), "Defaults for the flags "
+flags.DEFINE_enum("preset", "cpu", list(suite.PRESETS), "Defaults for the flags "
                   "below; flags given win.")
-flags.DEFINE_string("config", "configs/mobilenet.py", "Training config whose augmentation, "
-                    "optimizer and head phase are timed.")
+flags.DEFINE_string("config", "configs/mobilenet.py", "Training config[:variants] whose "
+                    "recipe is timed (its size, batch, trainable layers, BatchNorm, EMA, "
+                    "augmentation); the width table uses its augmentation and head phase.")
+flags.DEFINE_bool("recipe", True, "Time the config's recipe (roofs, epoch, Keras peer).")
 flags.DEFINE_list("alphas", None, "Widths.")
 flags.DEFINE_integer("image_size", None, "Square input side.")
 flags.DEFINE_integer("batch_size", None, "Batch size.")
 flags.DEFINE_integer("steps", None, "Timed steps.")
 flags.DEFINE_integer("warmup", None, "Untimed steps after compiling.")
-flags.DEFINE_enum("dtype", None, list(benchmarking.DTYPES), "Backbone compute dtype.")
-flags.DEFINE_enum("keras", None, list(benchmarking.KERAS_MODES), "Also time Keras.")
+flags.DEFINE_enum("dtype", None, list(network.DTYPES), "Backbone compute dtype.")
+flags.DEFINE_enum("keras", None, list(keras_peer.KERAS_MODES), "Also time Keras.")
 flags.DEFINE_enum("ops", "auto", list(ops.IMPLS), "cxr_jax.ops implementation policy.")
 flags.DEFINE_bool("cached_features", None, "Time the cached-feature head phase.")
-flags.DEFINE_integer("cf_images", benchmarking.DEFAULT_CF_IMAGES,
-                     "Training images of the projected head phase.")
+flags.DEFINE_integer("cf_images", None, "Training images of the projected head phase "
+                     "(default: the config's share of the Kermany train/ split).")
 flags.DEFINE_integer("cf_epochs", None, "Head-phase epochs (default: the config's).")
 flags.DEFINE_integer("eval_images", None, "> 0: time evaluating that many.")
 flags.DEFINE_integer("eval_batch_size", None, "Evaluation batch size.")
@@ -57,7 +65,7 @@ FLAGS = flags.FLAGS
 
 def _setting(name: str):
   value = getattr(FLAGS, name)
-  return benchmarking.PRESETS[FLAGS.preset][name] if value is None else value
+  return suite.PRESETS[FLAGS.preset][name] if value is None else value
 
 
 def _ood_overhead(n: int) -> dict:
@@ -71,7 +79,7 @@ def _ood_overhead(n: int) -> dict:
   detector = fit.load_or_fit(predictor).detector
   test = data_lib.load(predictor.config.data, "test")
   images = np.concatenate([test.images] * (-(-n // len(test))))[:n]
-  return benchmarking.bench_ood_overhead(predictor, detector, images)
+  return exported_bench.bench_ood_overhead(predictor, detector, images)
 
 
 def _exported() -> dict:
@@ -92,7 +100,7 @@ def _exported() -> dict:
     out = predictor.predict(images)
     return out.probs, fitted.detector.score(out.features)
 
-  return benchmarking.bench_exported(serving, {"jax_predictor": predictor_fn, **runtimes},
+  return exported_bench.bench_exported(serving, {"jax_predictor": predictor_fn, **runtimes},
                                      serving.shape, FLAGS.batch_size or 32)
 
 
@@ -102,7 +110,7 @@ def main(argv):
   if FLAGS.json:  # Checked before the timings, which a late failure would lose.
     workdir_lib.check_output(FLAGS.json, [FLAGS.workdir, FLAGS.export_dir], "--json")
   if FLAGS.depthwise:
-    result = {"depthwise": benchmarking.depthwise_timings()}
+    result = {"depthwise": network.depthwise_timings()}
     print(json.dumps(result, indent=2))
   elif FLAGS.export_dir:
     result = {"exported": _exported()}
@@ -113,7 +121,7 @@ def main(argv):
   else:
     alphas = _setting("alphas")
     alphas = alphas.split(",") if isinstance(alphas, str) else alphas
-    result = benchmarking.run(
+    result = suite.run(
         config_files.load(FLAGS.config), alphas=[float(a) for a in alphas if a],
         image_size=_setting("image_size"), batch_size=_setting("batch_size"),
         steps=_setting("steps"), warmup=_setting("warmup"), dtype=_setting("dtype"),
@@ -121,9 +129,10 @@ def main(argv):
         cached_features=_setting("cached_features"), cf_images=FLAGS.cf_images,
         cf_epochs=FLAGS.cf_epochs, eval_images=_setting("eval_images"),
         eval_batch_size=FLAGS.eval_batch_size, pipeline_images=_setting("pipeline_images"),
+        recipe=FLAGS.recipe,
         log=functools.partial(print, file=sys.stderr, flush=True))
     result["settings"]["preset"] = FLAGS.preset
-    print(benchmarking.format_table(result), flush=True)
+    print(table.format_table(result), flush=True)
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:
       json.dump(result, f, indent=2)

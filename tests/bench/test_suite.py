@@ -12,7 +12,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from cxr_jax import benchmarking
+from cxr_jax.bench import keras_peer
+from cxr_jax.bench import network
+from cxr_jax.bench import suite
 from cxr_jax.models import mobilenet
 
 from tests.conftest import REPO
@@ -36,10 +38,12 @@ def test_bench_tiny_run(tmp_path):
       ["-m", "cxr_jax.tools.bench", "--alphas=0.35", "--image_size=32", "--batch_size=2",
        "--steps=1", "--warmup=1", "--keras=off", "--ops=xla",
        "--cached_features", "--cf_images=8", "--cf_epochs=2", "--eval_images=3",
-       "--pipeline_images=4", f"--json={out}"],
+       "--pipeline_images=4", "--config=configs/cnn_v3.py:debug",
+       f"--json={out}"],
       env_extra={"XLA_FLAGS": FAST_COMPILE_FLAGS})
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "Flax/Keras" in proc.stdout and "input pipeline" in proc.stdout
+  assert "The recipe `make train` runs" in proc.stdout and "memory roof" in proc.stdout
   assert FAST_COMPILE_FLAGS in proc.stdout  # The XLA flags in effect are reported.
   result = json.loads(out.read_text())
 
@@ -54,6 +58,11 @@ def test_bench_tiny_run(tmp_path):
   cached = result["cached_features"]
   assert cached["epochs"] == 2 and cached["speedup"] > 0 and cached["full_s"] > 0
   assert result["settings"]["ops"] == "xla" and not result["settings"]["cpu_kernels"]
+  recipe = result["recipe"]  # The config's own size and batch, not the width table's.
+  assert recipe["config"] == "cnn_v3" and recipe["image_size"] == 64
+  assert recipe["batch_size"] == 8 and recipe["frozen_layers"] == [] and "keras" not in recipe
+  assert recipe["flops_per_step"] > 0 and recipe["bytes_per_step"] > 0
+  assert recipe["epoch_s"] > recipe["validation_s"] > 0 and recipe["checkpoint_s"] > 0
   env = result["env"]
   assert env["backend"] == jax.default_backend() and env["device_kind"]
   assert {"jax", "flax", "optax"} <= set(env["versions"])
@@ -64,8 +73,8 @@ def test_imports_and_skips_keras_without_tensorflow():
   code = ("import sys\n"
           "sys.modules['tensorflow'] = None\n"
           "sys.modules['keras'] = None\n"
-          "from cxr_jax import benchmarking\n"
-          "tf, keras, note = benchmarking.import_keras()\n"
+          "from cxr_jax.bench import keras_peer\n"
+          "tf, keras, note = keras_peer.import_keras()\n"
           "assert tf is None and keras is None, note\n"
           "print(note)\n")
   proc = _run_python(["-c", code], timeout=900)
@@ -76,13 +85,13 @@ def test_imports_and_skips_keras_without_tensorflow():
 def test_bfloat16_classifier_has_the_registry_parameters():
   x = jax.ShapeDtypeStruct((1, 32, 32, 1), jnp.float32)
   key = jax.random.PRNGKey(0)
-  fp32, _ = benchmarking.make_model(0.35, "float32")
-  bf16, how = benchmarking.make_model(0.35, "bfloat16")
+  fp32, _ = network.make_model(0.35, "float32")
+  bf16, how = network.make_model(0.35, "bfloat16")
   assert isinstance(fp32, mobilenet.MobileNetV2Classifier) and "bfloat16" in how
   shapes = lambda m: jax.tree_util.tree_map(lambda a: (a.shape, a.dtype),
                                             jax.eval_shape(m.init, key, x))
   assert shapes(bf16) == shapes(fp32)  # Same names, shapes and fp32 parameters.
-  variables = benchmarking.random_variables(bf16, 32)
+  variables = network.random_variables(bf16, 32)
   features = jax.eval_shape(lambda v, im: bf16.apply(v, im, method=bf16.features), variables, x)
   logits = jax.eval_shape(bf16.apply, variables, x)
   assert features.dtype == jnp.bfloat16 and logits.dtype == jnp.float32
@@ -91,8 +100,8 @@ def test_bfloat16_classifier_has_the_registry_parameters():
 
 def test_rejects_bad_settings():
   with pytest.raises(ValueError, match="keras"):
-    benchmarking.run(None, alphas=(0.35,), keras="maybe")
+    suite.run(None, alphas=(0.35,), keras="maybe")
   with pytest.raises(ValueError, match="alphas"):
-    benchmarking.run(None, alphas=())
+    suite.run(None, alphas=())
   with pytest.raises(ValueError, match="dtype"):
-    benchmarking.run(None, alphas=(0.35,), dtype="float16")
+    suite.run(None, alphas=(0.35,), dtype="float16")

@@ -1,0 +1,81 @@
+"""The recipe benchmark reads the recipe from the config and does its roof arithmetic right."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import pytest
+
+from configs import cnn_v3
+from configs import mobilenet
+from cxr_jax.bench import network
+from cxr_jax.bench import recipe
+from cxr_jax.bench import timing
+from cxr_jax.models import mobilenet_v2
+
+
+def test_costly_phase_is_the_backbone_phase_not_the_cached_head():
+  phase = recipe.costly_phase(mobilenet.get_config())
+  assert phase.name == "fine_tune" and phase.trainable == "all" and phase.train_batch_norm
+  assert recipe.costly_phase(mobilenet.get_config("freeze5")).trainable == 14
+  assert recipe.costly_phase(cnn_v3.get_config()).name == "train"  # One-phase configs.
+  only_head = mobilenet.get_config()
+  only_head.phases = [only_head.phases[0]]
+  with pytest.raises(ValueError, match="no phase that trains the backbone"):
+    recipe.costly_phase(only_head)
+
+
+@pytest.mark.parametrize("variant,n_groups", [("freeze3", 3), ("freeze5", 5), ("", 0)])
+def test_frozen_layers_are_the_first_groups(variant, n_groups):
+  config = mobilenet.get_config(variant)
+  model = recipe._model(config)  # pylint: disable=protected-access
+  variables = network.random_variables(model, 32)
+  frozen = recipe.frozen_layer_names(model, variables["params"], recipe.costly_phase(config))
+  expected = sum(mobilenet_v2.block_layer_names()[:n_groups], [])
+  assert sorted(frozen) == sorted(expected)
+
+
+def test_roofs_are_the_step_bounded_by_compute_or_memory_alone():
+  step = {"flops": 4e9, "bytes": 6e9, "step_s": 0.5}
+  machine = {"matmul_flop_s": 100e9, "stream_bytes_s": 20e9}
+  r = recipe.roofs(step, machine)
+  assert r["compute_roof_s"] == pytest.approx(0.04) and r["memory_roof_s"] == pytest.approx(0.3)
+  assert r["compute_fraction"] == pytest.approx(0.08)
+  assert r["memory_fraction"] == pytest.approx(0.6)
+  assert r["bytes_s"] == pytest.approx(12e9)
+
+
+def test_cost_analysis_counts_a_matmul():
+  a = jnp.ones((64, 32), jnp.float32)
+  b = jnp.ones((32, 16), jnp.float32)
+  compiled = jax.jit(jnp.matmul).lower(a, b).compile()
+  cost = timing.cost(compiled)
+  assert cost["flops"] == pytest.approx(2 * 64 * 32 * 16, rel=0.05)
+  assert cost["bytes"] >= 4 * (64 * 32 + 32 * 16 + 64 * 16)
+
+
+def test_machine_roofs_are_measured():
+  m = timing.machine_roofs(matmul_side=128, stream_mib=4, repeats=1)
+  assert m["matmul_flop_s"] > 1e6 and m["stream_bytes_s"] > 1e6
+
+
+def test_split_sizes_follow_the_config():
+  config = ml_collections.ConfigDict({"data": {"val_fraction": 0.25}})
+  assert recipe.split_sizes(config, 1000) == (750, 250)
+
+
+def test_keras_peer_freezes_the_same_layers():
+  from cxr_jax.bench import keras_peer  # pylint: disable=g-import-not-at-top
+  tf, keras, note = keras_peer.import_keras()
+  if tf is None:
+    pytest.skip(note)
+  frozen = sum(mobilenet_v2.block_layer_names()[:3], [])
+  whole = keras_peer.keras_model(keras, 0.35, 32)
+  part = keras_peer.keras_model(keras, 0.35, 32, frozen_layers=frozen)
+  n_frozen = sum(int(w.numpy().size) for name in frozen
+                 for w in part.get_layer(index=1).get_layer(name).weights)
+  count = lambda m: sum(int(w.numpy().size) for w in m.trainable_weights)
+  assert n_frozen > 0 and count(whole) > count(part)
+  with pytest.raises(ValueError):
+    keras_peer.keras_model(keras, 0.35, 32, frozen_layers=["no_such_layer"])
