@@ -10,9 +10,8 @@
 See `cxr_jax.bench` for what each number measures.
 """
 
-if __name__ == "__main__":
-  from cxr_jax.tools import malloc_tuning
-  malloc_tuning.prepare_process()  # Before the heavy imports: may restart once.
+from cxr_jax.tools import malloc_tuning
+malloc_tuning.prepare_main(__name__)  # Before the heavy imports: a command may restart once.
 
 import functools  # pylint: disable=g-import-not-at-top,wrong-import-position
 import json
