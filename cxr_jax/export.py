@@ -33,6 +33,7 @@ from cxr_jax import tf_import
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.data import augment
 from cxr_jax.evaluation import fit
+from cxr_jax.evaluation import ood
 from cxr_jax.evaluation import predictor as predictor_lib
 
 FORMATS = ("onnx", "saved_model", "tflite", "tflite_int8")
@@ -46,7 +47,7 @@ class Serving:
 
 
 def _ood_score(detector, features):
-  """ood.Detector.score, in jnp (the same formulas: see evaluation/ood.py)."""
+  """ood.Detector.score, in jnp (its formulas, in jax.numpy: see evaluation/ood.py)."""
   scores, start = [], 0
   for i, width in enumerate(detector.layout):
     a = {k[len(f"l{i}_"):]: v for k, v in detector.arrays.items() if k.startswith(f"l{i}_")}
@@ -60,21 +61,10 @@ def _layer_score(kind: str, a: dict, features):
   k = int(a.get("k", 0))
   a = {key: jnp.asarray(v) for key, v in a.items()}
   if kind == "mahalanobis":
-    best = None
-    for mean in a["means"]:
-      y = features - mean - a["centre"]
-      z = y @ a["components"].T
-      inside = jnp.sum(z * z / a["variances"], axis=1)
-      residual = jnp.maximum(jnp.sum(y * y, axis=1) - jnp.sum(z * z, axis=1), 0.0)
-      d = inside + residual / a["noise_variance"]
-      best = d if best is None else jnp.minimum(best, d)
-    return best / features.shape[1]
+    return ood.mahalanobis_distance(a, features, jnp)
   if kind == "knn":
-    q = features @ a["components"].T
-    q = q / jnp.maximum(jnp.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    similarity = q @ a["bank"].T
-    kth = jax.lax.top_k(similarity, k)[0][:, -1]
-    return 1.0 - kth
+    similarity = ood.normalise(features @ a["components"].T, jnp) @ a["bank"].T
+    return 1.0 - jax.lax.top_k(similarity, k)[0][:, -1]  # Cosine distance, k-th neighbour.
   raise ValueError(f"No export for the {kind} detector.")
 
 

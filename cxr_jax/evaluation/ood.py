@@ -145,20 +145,27 @@ def fit_mahalanobis(features, labels, dims: int = DEFAULT_DIMS) -> dict:
           "noise_variance": np.float32(noise), "centre": pca.mean_.astype(np.float32)}
 
 
-def _mahalanobis(a: dict, x: np.ndarray) -> np.ndarray:
+def mahalanobis_distance(a: dict, x, xp=np):
+  """Each row's distance to the nearest class (per feature dimension), in the array module
+  `xp`: NumPy here, jax.numpy in export's serving function, one formula for both."""
   best = None
   for mean in a["means"]:
     y = x - mean - a["centre"]
     z = y @ a["components"].T
-    inside = np.sum(z * z / a["variances"], axis=1)
-    residual = np.maximum(np.sum(y * y, axis=1) - np.sum(z * z, axis=1), 0.0)
+    inside = xp.sum(z * z / a["variances"], axis=1)
+    residual = xp.maximum(xp.sum(y * y, axis=1) - xp.sum(z * z, axis=1), 0.0)
     d = inside + residual / a["noise_variance"]
-    best = d if best is None else np.minimum(best, d)
-  return (best / x.shape[1]).astype(np.float32)
+    best = d if best is None else xp.minimum(best, d)
+  return best / x.shape[1]
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
-  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+def _mahalanobis(a: dict, x: np.ndarray) -> np.ndarray:
+  return mahalanobis_distance(a, x).astype(np.float32)
+
+
+def normalise(x, xp=np):
+  """Rows scaled to unit length (in NumPy or jax.numpy, as `mahalanobis_distance`)."""
+  return x / xp.maximum(xp.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def fit_knn(features, labels=None, dims: int = DEFAULT_DIMS, k: int = DEFAULT_K) -> dict:
@@ -166,12 +173,12 @@ def fit_knn(features, labels=None, dims: int = DEFAULT_DIMS, k: int = DEFAULT_K)
   features = np.asarray(features, np.float64)
   pca = _pca(features, dims)
   components = pca.components_.astype(np.float32)
-  bank = _normalise(features @ components.T).astype(np.float32)
+  bank = normalise(features @ components.T).astype(np.float32)
   return {"components": components, "bank": bank, "k": np.int32(min(k, len(bank)))}
 
 
 def _knn(a: dict, x: np.ndarray) -> np.ndarray:
-  q = _normalise(x @ a["components"].T)
+  q = normalise(x @ a["components"].T)
   similarity = q @ a["bank"].T
   k = int(a["k"])
   kth = -np.partition(-similarity, k - 1, axis=1)[:, k - 1]
