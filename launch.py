@@ -14,7 +14,6 @@ import sys
 import time
 
 import jax
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
@@ -33,8 +32,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # None: startup.run refuses positional arguments.
   config = FLAGS.config
   workdir = FLAGS.workdir or os.path.join("workdirs", config.name or config.model.name)
   command = "python " + " ".join(shlex.quote(a) for a in sys.argv)

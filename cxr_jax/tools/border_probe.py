@@ -13,8 +13,7 @@ mean ± std over the runs (seeds) of each model. A measurement only.
 from cxr_jax.tools import malloc_tuning
 malloc_tuning.prepare_main(__name__)  # Before the heavy imports: a command may restart once.
 
-from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import flags
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from cxr_jax import data as data_lib
 from cxr_jax import workdir as workdir_lib
@@ -33,8 +32,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # None: startup.run refuses positional arguments.
   if FLAGS.output:  # Checked before the work, which a late failure would lose.
     workdir_lib.check_output(FLAGS.output, [*FLAGS.workdir, FLAGS.data_dir])
   results = {}

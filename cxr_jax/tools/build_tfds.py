@@ -6,8 +6,7 @@
 from cxr_jax.tools import malloc_tuning
 malloc_tuning.prepare_main(__name__)  # Before the heavy imports: a command may restart once.
 
-from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import flags
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from cxr_jax.data import splits
 from cxr_jax.data import tfds_builder
@@ -25,8 +24,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # None: startup.run refuses positional arguments.
   tfds_builder.tfds.disable_progress_bar()
   config = None
   if (FLAGS.val_fraction, FLAGS.split_seed) != (splits.DEFAULT_VAL_FRACTION,

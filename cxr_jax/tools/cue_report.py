@@ -16,7 +16,6 @@ malloc_tuning.prepare_main(__name__)  # Before the heavy imports: a command may 
 import json  # pylint: disable=g-import-not-at-top,wrong-import-position
 import os
 
-from absl import app
 from absl import flags
 
 from cxr_jax import data as data_lib
@@ -61,8 +60,7 @@ def tables(report: dict) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # None: startup.run refuses positional arguments.
   predictor = predictor_lib.load_predictor(FLAGS.workdir)
   train, val = data_lib.load_train_val(predictor.config.data)
   sets = {"train": train, "validation": val}

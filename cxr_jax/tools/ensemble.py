@@ -9,8 +9,7 @@ Then evaluate, predict and the report take it like any workdir.
 from cxr_jax.tools import malloc_tuning
 malloc_tuning.prepare_main(__name__)  # Before the heavy imports: a command may restart once.
 
-from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import flags
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from cxr_jax import train
 from cxr_jax.tools import startup
@@ -22,8 +21,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # None: startup.run refuses positional arguments.
   summary = train.create_ensemble(FLAGS.workdir, FLAGS.members, FLAGS.name)
   v = summary["val"]
   print(f"Ensemble of {len(summary['members'])} in {FLAGS.workdir}: validation log loss "

@@ -9,12 +9,11 @@ malloc_tuning.prepare_main(__name__)  # Before the heavy imports: a command may 
 
 import os  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from absl import app
 from absl import flags
 
 from cxr_jax import workdir as workdir_lib
-from cxr_jax.evaluation import adaptation
 from cxr_jax.evaluation import evaluate
+from cxr_jax.tools import scoring_flags
 from cxr_jax.tools import startup
 
 flags.DEFINE_string("workdir", None, "Training workdir (holds config.json and checkpoints/).",
@@ -23,17 +22,13 @@ flags.DEFINE_string("data_dir", None, "Folder with NORMAL/ and PNEUMONIA/; defau
                     "test/ split of the config's data_dir.")
 flags.DEFINE_string("output", None, "Where to write the metrics JSON; default "
                     "<workdir>/eval_<folder name>.json.")
-flags.DEFINE_integer("batch_size", None, "Evaluation batch size; default from the config.")
-flags.DEFINE_bool("tta", False, "Average the probabilities over small shifts and scales.")
-flags.DEFINE_enum("adapt", "none", list(adaptation.METHODS),
-                  "Also report a label-free adaptation to the folder (its images only): "
-                  "BatchNorm statistics (AdaBN) and/or the class prior (EM).")
+scoring_flags.define("Also report a label-free adaptation to the folder (its images only): "
+                     "BatchNorm statistics (AdaBN) and/or the class prior (EM).")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # None: startup.run refuses positional arguments.
   config = workdir_lib.load_config(FLAGS.workdir)
   data_dir = FLAGS.data_dir or os.path.join(config.data.data_dir, "test")
   output = FLAGS.output or os.path.join(

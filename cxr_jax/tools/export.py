@@ -30,8 +30,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # None: startup.run refuses positional arguments.
   formats = export.FORMATS if FLAGS.format == ["all"] else FLAGS.format
   unknown = set(formats) - set(export.FORMATS)
   if unknown:

@@ -16,7 +16,6 @@ malloc_tuning.prepare_main(__name__)  # Before the heavy imports: a command may 
 import json  # pylint: disable=g-import-not-at-top,wrong-import-position
 import os
 
-from absl import app
 from absl import flags
 
 from cxr_jax import data as data_lib
@@ -48,8 +47,7 @@ def _table(name: str, result: dict) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # None: startup.run refuses positional arguments.
   if FLAGS.output:  # Checked before the work, which a late failure would lose.
     workdir_lib.check_output(FLAGS.output, [*FLAGS.workdir, FLAGS.photos_dir])
   results = {}

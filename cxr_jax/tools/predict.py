@@ -12,8 +12,8 @@ from absl import flags
 
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.data import folder as folder_lib
-from cxr_jax.evaluation import adaptation
 from cxr_jax.evaluation import predict
+from cxr_jax.tools import scoring_flags
 from cxr_jax.tools import startup
 
 flags.DEFINE_string("workdir", None, "Training workdir (config.json and the model).",
@@ -23,11 +23,8 @@ flags.DEFINE_string("gradcam_dir", None, "Write a Grad-CAM overlay PNG per file 
                     "(convolutional models only).")
 flags.DEFINE_float("target_sensitivity", None, "Label at the highest threshold reaching "
                    "this validation sensitivity instead of the validation-F1 threshold.")
-flags.DEFINE_integer("batch_size", None, "Inference batch size; default from the config.")
-flags.DEFINE_bool("tta", False, "Average the probabilities over small shifts and scales.")
-flags.DEFINE_enum("adapt", "none", list(adaptation.METHODS),
-                  "Label-free adaptation to the given files (their images only); labels "
-                  "then at 0.5 of the adapted probabilities.")
+scoring_flags.define("Label-free adaptation to the given files (their images only); labels "
+                     "then at 0.5 of the adapted probabilities.")
 FLAGS = flags.FLAGS
 
 
@@ -47,4 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  startup.run(main)
+  startup.run(main, positional=True)

@@ -13,7 +13,6 @@ malloc_tuning.prepare_main(__name__)  # Before the heavy imports: a command may 
 import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
 import time
 
-from absl import app
 from absl import flags
 
 from cxr_jax import report
@@ -49,8 +48,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # None: startup.run refuses positional arguments.
   start = time.time()
   report.build_report(
       collect.entries_from_configs([config_files.load(c) for c in FLAGS.configs],

@@ -14,8 +14,7 @@ malloc_tuning.prepare_main(__name__)  # Before the heavy imports: a command may 
 
 import os  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import flags
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from cxr_jax import serve
 from cxr_jax.tools import startup
@@ -35,8 +34,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # None: startup.run refuses positional arguments.
   token = FLAGS.token or os.environ.get(serve.TOKEN_ENV) or None
   serve.check_exposure(FLAGS.host, token)  # Before the model loads: a refusal comes at once.
   import uvicorn  # pylint: disable=g-import-not-at-top

@@ -18,7 +18,6 @@ import os
 
 import numpy as np
 
-from absl import app
 from absl import flags
 
 from cxr_jax import data as data_lib
@@ -102,8 +101,7 @@ def _same_files(fullres, train, val) -> dict:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # None: startup.run refuses positional arguments.
   predictor = predictor_lib.load_predictor(FLAGS.workdir)
   config = predictor.config
   train, val = data_lib.load_train_val(config.data)

@@ -94,8 +94,10 @@ def _quiet_shutdown() -> None:
   stderr_redirect.redirect_stderr(open(os.devnull, "w"))  # pylint: disable=consider-using-with
 
 
-def _guarded(main: Callable, resume_hint: str | None) -> Callable:
+def _guarded(main: Callable, resume_hint: str | None, positional: bool) -> Callable:
   def wrapped(argv):
+    if len(argv) > 1 and not positional:
+      raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if flags.FLAGS.verbose:
       os.environ["CXR_JAX_VERBOSE"] = "1"
     else:
@@ -119,7 +121,8 @@ def _guarded(main: Callable, resume_hint: str | None) -> Callable:
   return wrapped
 
 
-def run(main: Callable, resume_hint: str | None = None) -> None:
-  """Restarts once with the malloc settings, then runs `main` under absl with clean errors."""
+def run(main: Callable, resume_hint: str | None = None, positional: bool = False) -> None:
+  """Restarts once with the malloc settings, then runs `main(argv)` under absl with clean
+  errors; positional arguments are refused unless `positional` (they are then argv[1:])."""
   malloc_tuning.prepare_process()
-  app.run(_guarded(main, resume_hint))
+  app.run(_guarded(main, resume_hint, positional))

@@ -15,7 +15,6 @@ malloc_tuning.prepare_main(__name__)  # Before the heavy imports: a command may 
 import json  # pylint: disable=g-import-not-at-top,wrong-import-position
 import os
 
-from absl import app
 from absl import flags
 
 from cxr_jax import data as data_lib
@@ -38,8 +37,7 @@ def _row(name: str, result: dict) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # None: startup.run refuses positional arguments.
   results = {}
   for workdir in FLAGS.workdir:
     predictor = predictor_lib.load_predictor(workdir)

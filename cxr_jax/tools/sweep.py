@@ -14,7 +14,6 @@ malloc_tuning.prepare_main(__name__)  # Before the heavy imports: a command may 
 import time  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import jax
-from absl import app
 from absl import flags
 
 from cxr_jax import checkpoints
@@ -46,8 +45,7 @@ def _compact(workdir: str, run: dict) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # None: startup.run refuses positional arguments.
   if FLAGS.compilation_cache:
     jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

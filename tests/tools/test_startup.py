@@ -70,3 +70,22 @@ def test_reads_outliving_a_failed_restore_do_not_reach_the_console():
                         text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert proc.returncode == 0, proc.stderr
   assert proc.stderr == "error: Checkpoint ... is unreadable\n", proc.stderr
+
+
+def _run(program: str, *args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-c", program, *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=120,
+                        env={**os.environ, "CXR_JAX_MALLOC_TUNING": "0", "JAX_PLATFORMS": "cpu"})
+
+
+def test_positional_arguments_are_refused_unless_the_command_takes_them():
+  program = textwrap.dedent("""
+      import sys
+      from cxr_jax.tools import startup
+      startup.run(lambda argv: print("ran with", argv[1:]), positional=sys.argv[-1] == "files")
+  """)
+  refused = _run(program, "stray")
+  assert refused.returncode == 1 and "Unexpected arguments: ['stray']" in refused.stderr
+  assert "ran with" not in refused.stdout
+  taken = _run(program, "a.png", "files")
+  assert taken.returncode == 0 and "ran with ['a.png', 'files']" in taken.stdout
