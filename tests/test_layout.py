@@ -17,7 +17,7 @@ PACKAGE = os.path.join(REPO, "cxr_jax")
 TIERS = (
     ("tools",),
     ("report", "serve"),
-    ("train", "sweep", "export", "config_checks", "train_step", "benchmarking", "bench"),
+    ("train", "sweep", "export", "config_checks", "train_step", "bench"),
     ("evaluation",),
     ("workdir", "model_card"),  # What each workdir file is; evaluation reads and writes them.
     ("models", "data"),
@@ -98,7 +98,7 @@ def test_an_import_up_the_tiers_is_found():
            "cxr_jax.train": {"cxr_jax.config_checks", "cxr_jax.evaluation.fit"}}
   assert tier_violations(graph) == [
       "cxr_jax.evaluation.ensemble (evaluation) imports cxr_jax.train (train, sweep, export, "
-      "config_checks, train_step, benchmarking, bench), a higher tier",
+      "config_checks, train_step, bench), a higher tier",
       "cxr_jax.models (models, data) imports cxr_jax.evaluation.predictor (evaluation), a "
       "higher tier"]
   assert tier_of("cxr_jax.evaluation.predictor") == tier_of("cxr_jax.evaluation")

@@ -59,10 +59,6 @@ def test_prepare_main_acts_only_in_the_program_itself(monkeypatch):
   assert calls == [1]
 
 
-# Its owner applies the same two lines to it (they change it in parallel); then drop this.
-NOT_YET = ("cxr_jax/tools/bench.py",)
-
-
 def test_every_entry_point_starts_with_the_one_preamble():
   import ast  # pylint: disable=g-import-not-at-top
   # The commands that start through startup.run (browser_check only drives a browser).
@@ -72,8 +68,6 @@ def test_every_entry_point_starts_with_the_one_preamble():
   for path in entry_points:
     name = str(path.relative_to(REPO))
     body = ast.parse(path.read_text()).body
-    if name in NOT_YET:
-      continue
     first, second = (ast.unparse(node) for node in body[1:3])  # After the docstring.
     assert (first, second) == ("from cxr_jax.tools import malloc_tuning",
                                "malloc_tuning.prepare_main(__name__)"), name
