@@ -22,7 +22,6 @@ import jax.numpy as jnp
 
 from cxr_jax import ops as ops_lib
 from cxr_jax.models import cnn
-from cxr_jax.models import kinds
 from cxr_jax.models import mobilenet
 from cxr_jax.models.kinds import EnsembleKind
 from cxr_jax.models.kinds import FlaxKind
