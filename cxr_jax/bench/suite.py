@@ -54,9 +54,9 @@ def _keras(mode: str, notes: list) -> tuple:
   return tf, keras
 
 
-def _recipe(config, tf, keras, warmup: int, steps: int, log) -> dict:
+def _recipe(config, tf, keras, warmup: int, steps: int, log, machine=None) -> dict:
   log(f"[bench] the recipe of {config.name} ...")
-  out = recipe_lib.bench_recipe(config, warmup, steps)
+  out = recipe_lib.bench_recipe(config, warmup, steps, machine)
   if tf is not None and config.model.name == "mobilenet_v2":
     log("[bench] the recipe in Keras ...")
     out["keras"] = recipe_lib.keras_peer(config, out, tf, keras, warmup, steps)
@@ -90,12 +90,13 @@ def run(config, alphas: Sequence[float] = (0.35, 1.0), image_size: int = 224,
         keras: str = "auto", ops_impl: str = "auto", cached_features: bool = False,
         cf_images: int | None = None, cf_epochs: int | None = None,
         eval_images: int = 0, eval_batch_size: int | None = None,
-        pipeline_images: int = 1024, recipe: bool = True,
+        pipeline_images: int = 1024, recipe: bool = True, other_recipes: Sequence = (),
         log: Callable[[str], None] = print) -> dict:
   """Every measurement; returns the result dict that `table.format_table` prints.
 
   config: the training config whose recipe is timed and whose augmentation, optimizer
-  and head phase the width table uses (configs/mobilenet.py).
+  and head phase the width table uses (configs/mobilenet.py). other_recipes: more
+  configs whose recipes are timed in the same run, for ratios measured together.
   """
   check_settings(alphas, steps, warmup, dtype, keras)
   notes: list[str] = []
@@ -107,6 +108,8 @@ def run(config, alphas: Sequence[float] = (0.35, 1.0), image_size: int = 224,
   result = {"settings": settings, "models": [], "notes": notes}
   if recipe:
     result["recipe"] = _recipe(config, tf, keras_mod, warmup, steps, log)
+    result["other_recipes"] = [_recipe(c, tf, keras_mod, warmup, steps, log,
+                                       result["recipe"]["machine"]) for c in other_recipes]
   batch = network.synthetic_batch(batch_size, image_size)
   first = None
   for alpha in alphas:

@@ -109,8 +109,19 @@ def _env_lines(result: dict) -> list[str]:
           "versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items())]
 
 
+def _other_recipe_lines(first: dict, others: list[dict]) -> list[str]:
+  lines = []
+  for r in others:
+    lines += recipe_lines(r)
+    lines.insert(len(lines) - 1, f"  against {first['config']} in this run: step "
+                 f"{first['step_ms'] / r['step_ms']:.2f}x faster, epoch "
+                 f"{first['epoch_s'] / r['epoch_s']:.2f}x")
+  return lines
+
+
 def format_table(result: dict) -> str:
   lines = recipe_lines(result["recipe"]) if result.get("recipe") else []
+  lines += _other_recipe_lines(result.get("recipe"), result.get("other_recipes") or [])
   lines += _width_lines(result) + _width_notes(result) + _pipeline_lines(result)
   lines += _cached_lines(result.get("cached_features")) + _env_lines(result)
   lines += [f"note: {n}" for n in result["notes"]]

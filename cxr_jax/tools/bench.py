@@ -37,6 +37,8 @@ flags.DEFINE_string("config", "configs/mobilenet.py", "Training config[:variants
                     "recipe is timed (its size, batch, trainable layers, BatchNorm, EMA, "
                     "augmentation); the width table uses its augmentation and head phase.")
 flags.DEFINE_bool("recipe", True, "Time the config's recipe (roofs, epoch, Keras peer).")
+flags.DEFINE_multi_string("compare", [], "More configs[:variants] whose recipes are timed in "
+                          "the same run, with their speed-up over --config's.")
 flags.DEFINE_list("alphas", None, "Widths.")
 flags.DEFINE_integer("image_size", None, "Square input side.")
 flags.DEFINE_integer("batch_size", None, "Batch size.")
@@ -128,7 +130,7 @@ def main(argv):
         cached_features=_setting("cached_features"), cf_images=FLAGS.cf_images,
         cf_epochs=FLAGS.cf_epochs, eval_images=_setting("eval_images"),
         eval_batch_size=FLAGS.eval_batch_size, pipeline_images=_setting("pipeline_images"),
-        recipe=FLAGS.recipe,
+        recipe=FLAGS.recipe, other_recipes=[config_files.load(c) for c in FLAGS.compare],
         log=functools.partial(print, file=sys.stderr, flush=True))
     result["settings"]["preset"] = FLAGS.preset
     print(table.format_table(result), flush=True)

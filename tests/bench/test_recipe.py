@@ -79,3 +79,23 @@ def test_keras_peer_freezes_the_same_layers():
   assert n_frozen > 0 and count(whole) > count(part)
   with pytest.raises(ValueError):
     keras_peer.keras_model(keras, 0.35, 32, frozen_layers=["no_such_layer"])
+
+
+def _fake_recipe(name, step_ms, epoch_s):
+  return {"config": name, "phase": "fine_tune", "trainable": "all", "train_batch_norm": True,
+          "image_size": 160, "batch_size": 32, "dtype": "float32", "step_ms": step_ms,
+          "train_img_s": 32e3 / step_ms, "compile_s": 1.0, "flops_per_step": 8e9,
+          "bytes_per_step": 8e9, "frozen_layers": [], "train_images": 4432, "val_images": 784,
+          "validation_s": 1.0, "checkpoint_s": 0.5, "epoch_s": epoch_s, "epochs": 12,
+          "phase_s": 12 * epoch_s, "compute_roof_s": 0.05, "memory_roof_s": 0.3,
+          "compute_fraction": 0.1, "memory_fraction": 0.6,
+          "machine": {"matmul_flop_s": 1e11, "stream_bytes_s": 2e10, "how": "x; y"}}
+
+
+def test_the_table_gives_each_compared_recipe_its_speed_up_over_the_first():
+  from cxr_jax.bench import table  # pylint: disable=g-import-not-at-top
+  lines = table._other_recipe_lines(  # pylint: disable=protected-access
+      _fake_recipe("before", 300.0, 45.0), [_fake_recipe("after", 120.0, 20.0)])
+  text = "\n".join(lines)
+  assert "(after)" in text and "against before in this run: step 2.50x faster, epoch 2.25x" in text
+  assert "memory roof: 8.00 GB/step" in text and "60% reached" in text
