@@ -136,7 +136,7 @@ def _freeze_first(n_groups):
     if config.model.name != "mobilenet_v2" or not config.get("phases"):
       raise ValueError(f"Variant 'freeze{n_groups}' is for the two-phase MobileNetV2 configs.")
     config.phases = [dict(p, trainable=MOBILENET_V2_GROUPS - n_groups)
-                     if p.get("trainable") == "all" else p for p in config.phases]
+                     if p.get("trainable") != "head" else p for p in config.phases]
   return apply
 
 

@@ -17,8 +17,9 @@ from cxr_jax.models import mobilenet_v2
 
 def test_costly_phase_is_the_backbone_phase_not_the_cached_head():
   phase = recipe.costly_phase(mobilenet.get_config())
-  assert phase.name == "fine_tune" and phase.trainable == "all" and phase.train_batch_norm
-  assert recipe.costly_phase(mobilenet.get_config("freeze5")).trainable == 14
+  assert phase.name == "fine_tune" and phase.trainable == 14 and phase.train_batch_norm
+  assert recipe.costly_phase(mobilenet.get_config("freeze3")).trainable == 16
+  assert recipe.costly_phase(mobilenet.get_config("unfrozen")).trainable == "all"
   assert recipe.costly_phase(cnn_v3.get_config()).name == "train"  # One-phase configs.
   only_head = mobilenet.get_config()
   only_head.phases = [only_head.phases[0]]
@@ -26,7 +27,7 @@ def test_costly_phase_is_the_backbone_phase_not_the_cached_head():
     recipe.costly_phase(only_head)
 
 
-@pytest.mark.parametrize("variant,n_groups", [("freeze3", 3), ("freeze5", 5), ("", 0)])
+@pytest.mark.parametrize("variant,n_groups", [("freeze3", 3), ("", 5), ("unfrozen", 0)])
 def test_frozen_layers_are_the_first_groups(variant, n_groups):
   config = mobilenet.get_config(variant)
   model = recipe._model(config)  # pylint: disable=protected-access
