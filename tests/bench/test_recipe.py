@@ -100,3 +100,10 @@ def test_the_table_gives_each_compared_recipe_its_speed_up_over_the_first():
   text = "\n".join(lines)
   assert "(after)" in text and "against before in this run: step 2.50x faster, epoch 2.25x" in text
   assert "memory roof: 8.00 GB/step" in text and "60% reached" in text
+
+
+def test_a_memory_fraction_over_one_is_explained_not_claimed():
+  from cxr_jax.bench import table  # pylint: disable=g-import-not-at-top
+  over = dict(_fake_recipe("x", 100.0, 15.0), memory_fraction=2.07)
+  assert "stays in cache" in "\n".join(table.recipe_lines(over))
+  assert "stays in cache" not in "\n".join(table.recipe_lines(_fake_recipe("x", 100.0, 15.0)))
