@@ -1,5 +1,5 @@
-"""MobileNetV2 (alpha 0.35) from Keras's ImageNet weights, fine-tuned whole: the default of
-`make train`.
+"""MobileNetV2 (alpha 0.35) from Keras's ImageNet weights, fine-tuned above its first blocks:
+the default of `make train`.
 
   python launch.py --config=configs/mobilenet.py --workdir=workdirs/mobilenet_v2
   python launch.py --config=configs/mobilenet.py:debug   # a few steps on a small subset
@@ -38,8 +38,8 @@ from configs import base
 def get_config(variant=""):
   config = base.get_config()
   config.name = "mobilenet_v2"
-  config.description = ("MobileNetV2 alpha 0.35, ImageNet weights, fine-tuned whole with "
-                        "BatchNorm trained (160x160)")
+  config.description = ("MobileNetV2 alpha 0.35, ImageNet weights, fine-tuned above block 3 "
+                        "with BatchNorm trained (160x160)")
   config.data.image_size = 160
   config.data.channels = 1  # The model repeats gray to the 3 channels ImageNet filters expect.
   config.model.name = "mobilenet_v2"
@@ -50,8 +50,8 @@ def get_config(variant=""):
   config.model.bn_momentum = 0.99  # Keras's 0.999 lags the weights once BatchNorm trains.
   config.batch_size = 32
   # Phase 1 trains only the new head, BatchNorm in inference mode, on backbone features
-  # computed once (cached_features; no augmentation); phase 2 fine-tunes every layer
-  # ("all"; an int N trains the head and the last N blocks) at a lower rate. A phase
+  # computed once (cached_features; no augmentation); phase 2 fine-tunes the head and the
+  # last 14 parameter groups ("all" would train every layer) at a lower rate. A phase
   # starts from the best weights of the phases before it.
   config.phases = [
       dict(name="head", num_epochs=5, learning_rate=1e-3, trainable="head",
@@ -69,6 +69,7 @@ def get_config(variant=""):
     tokens.remove("v1")
   if "unfrozen" in tokens:
     config.name = "mobilenet_v2-unfrozen"
+    config.description = config.description.replace("above block 3", "whole")
     config.phases = [config.phases[0], dict(config.phases[1], trainable="all")]
     tokens.remove("unfrozen")
   return base.apply_variant(config, "+".join(tokens))
