@@ -23,7 +23,7 @@ import time
 import jax
 import orbax.checkpoint as ocp
 
-from cxr_jax import stderr_redirect
+from cxr_jax.runtime import stderr_redirect
 
 RUN_DIR = "run"
 LEGACY_BEST_DIR = "best"

@@ -29,7 +29,7 @@ import numpy as np
 
 from cxr_jax import data as data_lib
 from cxr_jax import models
-from cxr_jax import tf_import
+from cxr_jax.runtime import tf_import
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.data import augment
 from cxr_jax.evaluation import fit

@@ -36,12 +36,12 @@ import numpy as np
 from cxr_jax import checkpoints
 from cxr_jax import config_checks
 from cxr_jax import data as data_lib
-from cxr_jax import faults
+from cxr_jax.runtime import faults
 from cxr_jax import model_card
 from cxr_jax import models
-from cxr_jax import progress as progress_lib
+from cxr_jax.runtime import progress as progress_lib
 from cxr_jax import sharding
-from cxr_jax import tf_import
+from cxr_jax.runtime import tf_import
 from cxr_jax import train_step as steps
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.data import augment

@@ -1,7 +1,7 @@
 """Fault injection: kill -9 anywhere, disk full, corrupted checkpoints; each followed by a rerun
 that must reach the uninterrupted run's result bit for bit.
 
-The kill points are `cxr_jax.faults.point()` calls (every train step, before and after
+The kill points are `cxr_jax.runtime.faults.point()` calls (every train step, before and after
 each resume point is written, each phase start), some with a random delay so that the
 kill lands inside the next operation (a checkpoint write, say). FAULT_KILLS (env, default
 4 per config here; the closing note quotes 20) sets how many kills each config takes.
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from cxr_jax import checkpoints
-from cxr_jax import faults
+from cxr_jax.runtime import faults
 from cxr_jax import workdir as workdir_lib
 from tests.conftest import CHEST_XRAY, REPO, require
 

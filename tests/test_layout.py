@@ -21,7 +21,7 @@ TIERS = (
     ("evaluation",),
     ("workdir", "model_card"),  # What each workdir file is; evaluation reads and writes them.
     ("models", "data"),
-    ("ops", "checkpoints", "sharding", "faults", "progress", "tf_import", "stderr_redirect"),
+    ("ops", "checkpoints", "sharding", "runtime"),
 )
 
 

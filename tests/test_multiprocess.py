@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from cxr_jax import checkpoints
-from cxr_jax import faults
+from cxr_jax.runtime import faults
 from cxr_jax import workdir as workdir_lib
 from tests.conftest import CHEST_XRAY, REPO, require
 from tests.test_workdir_lock import start_holder, stop_holder

@@ -25,7 +25,7 @@ UNLABELLED = -1
 
 
 def _bar(iterable, total: int, desc: str):
-  from cxr_jax import progress  # pylint: disable=g-import-not-at-top  # tqdm only when decoding.
+  from cxr_jax.runtime import progress  # pylint: disable=g-import-not-at-top  # tqdm only when decoding.
   return progress.bar(iterable, total, desc[:40], unit="img")  # The label of images read without one (predict, label-free adaptation).
 
 

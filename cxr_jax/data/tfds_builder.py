@@ -42,7 +42,7 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
-from cxr_jax import tf_import
+from cxr_jax.runtime import tf_import
 from cxr_jax.data import dataset
 from cxr_jax.data import decode
 from cxr_jax.data import splits

@@ -7,7 +7,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from cxr_jax import progress
+from cxr_jax.runtime import progress
 from cxr_jax import sharding
 from cxr_jax.data import batches
 

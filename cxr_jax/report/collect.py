@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from cxr_jax import data as data_lib
-from cxr_jax import progress
+from cxr_jax.runtime import progress
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.data import decode
 from cxr_jax.data import dicom

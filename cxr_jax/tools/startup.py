@@ -20,7 +20,7 @@ from absl import flags
 from absl import logging as absl_logging
 
 from cxr_jax import sharding
-from cxr_jax import stderr_redirect
+from cxr_jax.runtime import stderr_redirect
 from cxr_jax.tools import malloc_tuning
 
 flags.DEFINE_bool("verbose", False, "Show full tracebacks and library log lines.")
