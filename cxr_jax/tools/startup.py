@@ -67,10 +67,31 @@ def setup_logging() -> None:
   logging.getLogger().setLevel(logging.INFO)
 
 
+class _WorkdirLogHandler(logging.FileHandler):
+  """A FileHandler that, when its file can't be written (a full disk), says so in one line
+  and stops, instead of logging's "--- Logging error ---" traceback for every record (from
+  every thread: Orbax's background threads log their own failures too)."""
+
+  failed = False
+
+  def emit(self, record: logging.LogRecord) -> None:
+    if not self.failed:
+      super().emit(record)
+
+  def handleError(self, record: logging.LogRecord) -> None:  # pylint: disable=invalid-name
+    error = sys.exc_info()[1]
+    if not isinstance(error, OSError):
+      super().handleError(record)
+      return
+    self.failed = True
+    print(f"warning: {self.baseFilename}: log lines no longer written ({one_line(error)})",
+          file=sys.stderr, flush=True)
+
+
 def log_to_file(path: str) -> None:
   """Every INFO line, with absl's full prefix, appended to `path` (a workdir's log)."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  handler = logging.FileHandler(path)
+  handler = _WorkdirLogHandler(path)
   handler.setFormatter(absl_logging.PythonFormatter())
   handler.setLevel(logging.INFO)
   logging.getLogger().addHandler(handler)

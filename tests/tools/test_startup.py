@@ -89,3 +89,33 @@ def test_positional_arguments_are_refused_unless_the_command_takes_them():
   assert "ran with" not in refused.stdout
   taken = _run(program, "a.png", "files")
   assert taken.returncode == 0 and "ran with ['a.png', 'files']" in taken.stdout
+
+
+def test_a_full_disk_under_the_workdir_log_is_one_line_not_a_traceback_per_record(
+    tmp_path, capsys):
+  import errno  # pylint: disable=g-import-not-at-top
+  import logging  # pylint: disable=g-import-not-at-top
+  from cxr_jax.tools import startup  # pylint: disable=g-import-not-at-top
+
+  class FullDisk:
+    def write(self, _):
+      raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self):
+      raise OSError(errno.ENOSPC, "No space left on device")
+
+    def close(self):
+      pass
+
+  startup.log_to_file(str(tmp_path / "train.log"))
+  handler = logging.getLogger().handlers[-1]
+  try:
+    handler.stream = FullDisk()
+    for i in range(3):
+      logging.getLogger("some.library").error("record %d", i)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Logging error" not in err
+    assert err.count("log lines no longer written") == 1 and "No space left" in err
+    assert str(tmp_path / "train.log") in err
+  finally:
+    logging.getLogger().removeHandler(handler)
