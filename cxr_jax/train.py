@@ -372,9 +372,7 @@ def _phase_programs(run: Run, phase, state, mask):
     run.progress.train_seconds += seconds
     step = jax.jit(steps.make_head_step(run.model, mask), donate_argnums=(0,))
     return step, train_f, val_f, make_head_predict_fn(run.model)
-  step = jax.jit(steps.make_train_step(run.model, mask, phase.train_batch_norm,
-                                       config.augment.get("horizontal_flip", False)),
-                 donate_argnums=(0,))
+  step = steps.jit_phase_step(run.model, mask, phase, config)
   return step, run.train_data, run.val_data, predictor_lib.make_probs_fn(run.model)
 
 

@@ -205,6 +205,14 @@ def make_train_step(model, mask=None, train_batch_norm: bool = True,
   return train_step
 
 
+def jit_phase_step(model, mask, phase, config):
+  """The jitted, state-donating train step of one (non-cached) phase, exactly as the
+  training loop runs it; the benchmark times this same program."""
+  return jax.jit(make_train_step(model, mask, phase.train_batch_norm,
+                                 config.augment.get("horizontal_flip", False)),
+                 donate_argnums=(0,))
+
+
 def make_head_step(model, mask):
   """train_step on cached backbone features: same state structure, head gradients only."""
 

@@ -77,9 +77,7 @@ def time_step(config, warmup: int, steps: int) -> dict:
   rng = jax.random.PRNGKey(0)
   state = network.train_state(model, config, phase, variables)
   mask = step_lib.trainable_mask(state.params, phase, model)
-  step = jax.jit(step_lib.make_train_step(model, mask, phase.train_batch_norm,
-                                          config.augment.get("horizontal_flip", False)),
-                 donate_argnums=(0,))
+  step = step_lib.jit_phase_step(model, mask, phase, config)
   step, compile_s = timing.compile_timed(step, state, batch, rng)
   state, _, seconds = timing.time_chain(lambda s: step(s, batch, rng)[0], state, warmup,
                                         steps)
