@@ -49,6 +49,8 @@ def get_config():
   config.augment.blur_sigma = 0.0
   config.augment.noise_std = 0.0
   config.augment.horizontal_flip = False
+  config.augment.border_gain = 1.0
+  config.augment.resample_prob = 0.0
 
   config.model = ml_collections.ConfigDict()
   config.model.name = ""
@@ -169,6 +171,14 @@ VARIANTS = {
     "s160": _image_size(160),
     "s192": _image_size(192),
     "blocked": _set(**{"data.split": "blocked"}),
+    # Issue #20's invariance levers (docs/results.md): per-image histogram equalisation
+    # or percentile windowing inside the model; each side's outer band darkened or
+    # brightened up to 1.5x (the classes' median left/right borders differ 1.38x on
+    # train/, benchmarks/cues/); 30% of images down- then up-sampled (0.75x to 0.25x).
+    "eq": _set(**{"model.intensity": "equalize"}),
+    "pct": _set(**{"model.intensity": "percentile"}),
+    "border": _set(**{"augment.border_gain": 1.5}),
+    "res": _set(**{"augment.resample_prob": 0.3}),
     # The stem and blocks 0-1 (every layer at half the input side) / also blocks 2-3.
     "freeze3": _freeze_first(3),
     "freeze5": _freeze_first(5),

@@ -44,6 +44,7 @@ def get_config(variant=""):
   config.data.channels = 1  # The model repeats gray to the 3 channels ImageNet filters expect.
   config.model.name = "mobilenet_v2"
   config.model.alpha = 0.35
+  config.model.intensity = "none"  # Per-image standardisation (models/intensity.py; :eq, :pct).
   config.model.weights = "imagenet"
   config.model.weights_size = 224
   config.model.dropout_rate = 0.2

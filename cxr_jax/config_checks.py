@@ -16,6 +16,7 @@ from cxr_jax import models
 from cxr_jax import ops
 from cxr_jax.data import augment
 from cxr_jax.data import splits
+from cxr_jax.models import intensity
 from cxr_jax.evaluation import fit
 
 SELECTION_METRICS = ("loss", "auc", "f1")
@@ -96,7 +97,8 @@ def _check_data(config, for_training: bool) -> None:
 _AUGMENT_RANGES = {"rotation_degrees": (0.0, 180.0), "shift_fraction": (0.0, 0.5),
                    "zoom_fraction": (0.0, 0.9), "crop_scale_min": (0.05, 1.0),
                    "brightness": (0.0, 1.0), "contrast": (0.0, 1.0), "gamma": (1.0, 4.0),
-                   "blur_sigma": (0.0, 3.0), "noise_std": (0.0, 0.5)}
+                   "blur_sigma": (0.0, 3.0), "noise_std": (0.0, 0.5),
+                   "border_gain": (1.0, 4.0), "resample_prob": (0.0, 1.0)}
 
 
 def _check_augment(config) -> None:
@@ -176,6 +178,8 @@ def _check_model(config) -> None:
     _one_of(config, "model.ops", ops.IMPLS)
   if name == "mobilenet_v2":
     _number_in(config, "model.alpha", 0.0, 2.0, low_open=True)
+    if "intensity" in config.model:
+      _one_of(config, "model.intensity", intensity.KINDS)
     weights = config.model.weights
     if weights not in ("imagenet", "none") and not os.path.isfile(weights):
       raise ConfigError(f"config.model.weights={weights!r}: no such file (use 'imagenet' for "

@@ -2,8 +2,9 @@
 
 Geometric: one random affine map per image (small rotation, shift, zoom, and a
 random resized crop folded into the same map), bilinear, edge pixels repeated like
-Keras's fill_mode="nearest". Intensity: gamma, brightness and contrast jitter,
-Gaussian blur and Gaussian noise. No horizontal flip by default: the heart sits on
+Keras's fill_mode="nearest". Acquisition: the outer band of each side darkened or
+brightened (collimation, film borders), and down- then up-sampling (a coarser detector).
+Intensity: gamma, brightness and contrast jitter, Gaussian blur and Gaussian noise. No horizontal flip by default: the heart sits on
 the patient's left, and a mirrored chest is not an image the model will meet.
 
 Every strength is a traced scalar (`strengths(config.augment)`, kept in the train
@@ -28,8 +29,14 @@ STRENGTHS = {
     "gamma": 1.0,              # x ** g' with log g' uniform in [-log g, log g].
     "blur_sigma": 0.0,         # Gaussian blur, sigma uniform in [0, s] pixels.
     "noise_std": 0.0,          # Gaussian noise, std uniform in [0, n].
+    "border_gain": 1.0,        # Each side's outer band (width uniform in [0, BORDER_BAND]
+                               # of the side) times g' with log g' uniform in [-log g, log g].
+    "resample_prob": 0.0,      # Fraction of images down- then up-sampled by one of
+                               # RESAMPLE_FACTORS, chosen uniformly.
 }
 _BLUR_RADIUS = 3  # Taps each side: enough for sigma <= ~1.5 px.
+BORDER_BAND = 0.12
+RESAMPLE_FACTORS = (0.75, 0.5, 0.375, 0.25)
 
 
 def to_float(images: jax.Array) -> jax.Array:
@@ -119,6 +126,39 @@ def _blur(x: jax.Array, sigma: jax.Array) -> jax.Array:
   return x
 
 
+def _border(keys, x: jax.Array, s: dict) -> jax.Array:
+  """Scales a band of random width along each side by one random gain per image."""
+  batch, height, width, _ = x.shape
+  widths = jax.random.uniform(keys[0], (batch, 4), maxval=BORDER_BAND)
+  log_gain = jnp.log(jnp.maximum(s["border_gain"], 1.0))
+  gain = jnp.exp(jax.random.uniform(keys[1], (batch, 1, 1, 1), minval=-1.0, maxval=1.0)
+                 * log_gain)
+  ys = (jnp.arange(height, dtype=jnp.float32) + 0.5) / height
+  xs = (jnp.arange(width, dtype=jnp.float32) + 0.5) / width
+  top, bottom, left, right = (widths[:, i, None, None] for i in range(4))
+  band = ((ys[None, :, None] < top) | (ys[None, :, None] > 1.0 - bottom)
+          | (xs[None, None, :] < left) | (xs[None, None, :] > 1.0 - right))
+  return jnp.where(band[..., None], jnp.clip(x * gain, 0.0, 1.0), x)
+
+
+def _resample(keys, x: jax.Array, s: dict) -> jax.Array:
+  """Down- then up-sampling (antialiased, bilinear) of a resample_prob fraction of images."""
+  batch, height, width, channels = x.shape
+  chosen = jax.random.randint(keys[0], (batch,), 0, len(RESAMPLE_FACTORS))
+  apply = jax.random.uniform(keys[1], (batch,)) < s["resample_prob"]
+
+  def resample_some(x):
+    out = x
+    for i, factor in enumerate(RESAMPLE_FACTORS):
+      small = (batch, max(1, round(height * factor)), max(1, round(width * factor)), channels)
+      coarse = jax.image.resize(jax.image.resize(x, small, "linear"), x.shape, "linear")
+      out = jnp.where((apply & (chosen == i))[:, None, None, None], coarse, out)
+    return out
+
+  # A run-time branch: recipes without it pay nothing, and still share one program.
+  return jax.lax.cond(s["resample_prob"] > 0, resample_some, lambda x: x, x)
+
+
 def _intensity(keys, x: jax.Array, s: dict) -> jax.Array:
   batch = x.shape[0]
 
@@ -138,6 +178,10 @@ def _intensity(keys, x: jax.Array, s: dict) -> jax.Array:
   return jnp.clip(x, 0.0, 1.0)
 
 
+def _acquisition(keys, x: jax.Array, s: dict) -> jax.Array:
+  return _resample(keys[2:], _border(keys[:2], x, s), s)
+
+
 def augment(rng: jax.Array, images: jax.Array, s: dict, horizontal_flip: bool = False
             ) -> jax.Array:
   """Random augmentation of a uint8 batch [B,H,W,C]; returns float32 in [0, 1].
@@ -147,6 +191,8 @@ def augment(rng: jax.Array, images: jax.Array, s: dict, horizontal_flip: bool = 
   """
   x = to_float(images)
   geometry_keys, intensity_keys = jax.random.split(rng)
+  acquisition_keys = jax.random.fold_in(rng, 1)  # Keeps the streams of recipes before it.
   geometry = _geometry(jax.random.split(geometry_keys, 8), x.shape[0], s, horizontal_flip)
   x = jax.vmap(_affine_one)(x, *geometry)
+  x = _acquisition(jax.random.split(acquisition_keys, 4), x, s)
   return _intensity(jax.random.split(intensity_keys, 6), x, s)

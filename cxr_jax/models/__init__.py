@@ -11,7 +11,8 @@ module here plus one `register` line below, and a config in configs/.
 
 Modules: `kinds` (the ModelKind protocol and the built-in kinds), `cnn` (the small CNNs),
 `mobilenet_v2` (keras.applications.MobileNetV2 in Flax), `keras_weights` (its strict .h5
-port), `mobilenet` (the classifier on it), `pca_logreg` (the scikit-learn baseline).
+port), `mobilenet` (the classifier on it), `intensity` (its per-image standardisation),
+`pca_logreg` (the scikit-learn baseline).
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ def _mobilenet_v2(model_config):
       alpha=model_config.alpha, dropout_rate=model_config.dropout_rate,
       ops=ops_impl(model_config), weights=model_config.weights,
       weights_size=model_config.weights_size,
-      bn_momentum=model_config.get("bn_momentum", mobilenet.mobilenet_v2.BN_MOMENTUM))
+      bn_momentum=model_config.get("bn_momentum", mobilenet.mobilenet_v2.BN_MOMENTUM),
+      intensity=model_config.get("intensity", "none"))
 
 
 register(FlaxKind("cnn_baseline", _cnn_baseline))

@@ -8,6 +8,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cxr_jax.models import intensity as intensity_lib
 from cxr_jax.models import keras_weights
 from cxr_jax.models import mobilenet_v2
 
@@ -28,6 +29,7 @@ class MobileNetV2Classifier(nn.Module):
   weights: str = "imagenet"  # "imagenet" (Keras's file, found by name), a .h5 path, or "none".
   weights_size: int = 224  # Which Keras file (they exist for 96..224) when searched by name.
   dtype: Any = jnp.float32  # Backbone compute dtype (bfloat16 on accelerators); params stay fp32.
+  intensity: str = "none"  # Per-image standardisation first (models/intensity.py KINDS).
   gradcam_layer = "backbone/Conv_1_bn"  # The last 7x7 feature map, before ReLU6.
 
   def setup(self):
@@ -46,6 +48,7 @@ class MobileNetV2Classifier(nn.Module):
     """The backbone's last feature map [B, h, w, C] of [0, 1] images."""
     # A gray [B,H,W,1] image goes in as it is: the backbone's stem treats one channel
     # as the same image in all three (cheaper than repeating it).
+    x = intensity_lib.standardize(x, self.intensity)
     return self.backbone(x * 2.0 - 1.0, train=train_batch_norm)
 
   def features(self, x, train_batch_norm: bool = False):
