@@ -24,6 +24,7 @@ import numpy as np
 from cxr_jax import config_checks
 from cxr_jax import data as data_lib
 from cxr_jax import workdir as workdir_lib
+from cxr_jax.evaluation import calibration
 from cxr_jax.evaluation import evaluate
 from cxr_jax.evaluation import perturbations
 from cxr_jax.evaluation import predictor as predictor_lib
@@ -41,6 +42,7 @@ COLUMNS = (("validation", "0.5", "loss"), ("validation", "0.5", "roc_auc"),
            ("test", scoring.VALIDATION_THRESHOLD, "specificity"),
            ("test", scoring.VALIDATION_THRESHOLD, "recall"),
            ("test", "0.5", "accuracy"), ("test", "0.5", "f1"), ("test", "0.5", "roc_auc"),
+           ("test", "0.5", "specificity"), ("test", "", "ece"),
            # Stress validation (evaluation/stress.py): validation under acquisition shifts.
            ("stress", "mean", "log_loss"), ("stress", "worst", "log_loss"),
            ("stress", "mean", "ece"))
@@ -89,7 +91,9 @@ def score_run(workdir: str, test: bool, cache: dict) -> dict:
     result = evaluate.evaluate_set(predictor, data, split)
     # "loss": the validation log loss (metrics.log_loss), as sweeps have always named it.
     loss = {"loss": result["at_0.5"]["log_loss"]} if split == "validation" else {}
+    _, labels, probs = scoring.prediction_arrays(result["predictions"])
     out[split] = {**_flat_metrics(result), "n": result["n"], **loss,
+                  "ece": calibration.expected_calibration_error(labels, probs),
                   "predictions": result["predictions"]}
   out["stress"] = stress_run(predictor, cache)
   return out
@@ -110,8 +114,8 @@ def metric_of(run: dict, split: str, point: str, metric: str) -> float | None:
   scores = run.get(split)
   if scores is None:
     return None
-  if metric == "loss":
-    return scores.get("loss")
+  if metric in ("loss", "ece"):  # Of the split, at no threshold.
+    return scores.get(metric)
   if split == "stress":
     return scores.get(point, {}).get(metric)
   return scores.get(f"at_{point}", {}).get(metric)
@@ -132,7 +136,7 @@ def aggregate(runs: Sequence[dict]) -> dict:
 
 def format_table(results: Mapping[str, dict]) -> str:
   """Markdown: one row per recipe, mean ± std over seeds of each column."""
-  header = ["recipe", "seeds"] + [f"{s} {m}" + ("" if m == "loss" else f" @{p}")
+  header = ["recipe", "seeds"] + [f"{s} {m}" + ("" if m in ("loss", "ece") else f" @{p}")
                                   for s, p, m in COLUMNS]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for recipe, result in results.items():

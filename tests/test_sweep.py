@@ -35,6 +35,9 @@ def test_sweep_trains_each_seed_and_tables_mean_and_std(chest_xray_dir, tmp_path
   assert stress["n"] == 2 and stress["mean"] >= results["cnn_baseline"]["aggregate"][
       "stress/mean/log_loss"]["mean"] > 0
   assert "stress log_loss @worst" in table
+  # Test calibration per run (reported only), a column at no threshold.
+  assert all(0 <= r["test"]["ece"] <= 1 for r in runs)
+  assert "test ece" in table and "test ece @" not in table
   # The root's lock and each run's were held and released: no holder left on record.
   for folder in (root, sweep.seed_workdir(root, "cnn_baseline", 0)):
     assert open(os.path.join(folder, workdir_lib.LOCK_FILE)).read() == ""

@@ -1,4 +1,8 @@
-"""How well each validation criterion tracks test: Spearman over a sweep's runs.
+"""How well each validation criterion tracks test: Spearman over sweeps' runs.
+
+The blocked criterion of a recipe is the validation log loss of its `+blocked` twin (the
+same recipe trained on the blocked patient split, configs/base.py), same seed; its test
+numbers are the recipe's own.
 
 Evidence, not a way to choose: the criterion that selects is written in
 docs/results.md before its sweep runs; this only reports, after, how each candidate
@@ -19,12 +23,18 @@ CRITERIA = {
     "stress mean log loss": (("stress", "mean", "log_loss"), True),
     "stress worst log loss": (("stress", "worst", "log_loss"), True),
     "stress mean ECE": (("stress", "mean", "ece"), True),
+    "blocked validation log loss": (("blocked", "summary", "val", "loss"), True),
 }
+# name -> (path into a sweep run, True when lower is better).
 TARGETS = {
-    "test accuracy @0.5": ("test", "at_0.5", "accuracy"),
-    "test accuracy @validation F1 threshold": ("test", "at_validation_threshold", "accuracy"),
-    "test ROC AUC": ("test", "at_0.5", "roc_auc"),
+    "test accuracy @0.5": (("test", "at_0.5", "accuracy"), False),
+    "test accuracy @validation F1 threshold": (
+        ("test", "at_validation_threshold", "accuracy"), False),
+    "test specificity @0.5": (("test", "at_0.5", "specificity"), False),
+    "test ROC AUC": (("test", "at_0.5", "roc_auc"), False),
+    "test ECE": (("test", "ece"), True),
 }
+BLOCKED_SUFFIX = "blocked"
 
 
 def _get(run: dict, path: tuple) -> float:
@@ -36,16 +46,47 @@ def _get(run: dict, path: tuple) -> float:
   return float(node) if node is not None else math.nan
 
 
+def merge(sweeps: list[dict]) -> dict:
+  """{recipe: {"runs": [...]}} of several sweep.json files; a (recipe, seed) run found in
+  more than one keeps the last file's."""
+  runs: dict = {}
+  for sweep in sweeps:
+    for recipe, entry in sweep.items():
+      for run in entry.get("runs", []):
+        runs.setdefault(recipe, {})[run.get("seed")] = run
+  return {recipe: {"runs": [by_seed[s] for s in sorted(by_seed)]}
+          for recipe, by_seed in runs.items()}
+
+
+def blocked_twin(recipe: str) -> str:
+  """The name config variants give `recipe` trained on the blocked split."""
+  base, _, variants = recipe.partition("-")
+  return f"{base}-{variants}+{BLOCKED_SUFFIX}" if variants else f"{base}-{BLOCKED_SUFFIX}"
+
+
+def _is_blocked(recipe: str) -> bool:
+  return recipe.endswith(("-" + BLOCKED_SUFFIX, "+" + BLOCKED_SUFFIX))
+
+
 def runs_table(sweep: dict) -> list[dict]:
-  """One row per run: recipe, seed, every criterion and target."""
+  """One row per run of each recipe (blocked twins feed their recipe's blocked criterion)."""
   rows = []
   for recipe, entry in sweep.items():
+    if _is_blocked(recipe):
+      continue
+    twins = {r.get("seed"): r for r in sweep.get(blocked_twin(recipe), {}).get("runs", [])}
     for run in entry.get("runs", []):
+      run = dict(run, blocked=twins.get(run.get("seed"), {}))
       row = {"recipe": recipe, "seed": run.get("seed")}
       row.update({name: _get(run, path) for name, (path, _) in CRITERIA.items()})
-      row.update({name: _get(run, path) for name, path in TARGETS.items()})
+      row.update({name: _get(run, path) for name, (path, _) in TARGETS.items()})
       rows.append(row)
   return rows
+
+
+def _mean(values: list[float]) -> float:
+  finite = [v for v in values if not math.isnan(v)]
+  return float(np.mean(finite)) if finite else math.nan
 
 
 def _spearman(x: list[float], y: list[float]) -> float:
@@ -61,13 +102,14 @@ def correlations(rows: list[dict], by_recipe: bool = False) -> dict:
   if by_recipe:
     recipes = sorted({r["recipe"] for r in rows})
     keys = list(CRITERIA) + list(TARGETS)
-    rows = [{k: float(np.nanmean([r[k] for r in rows if r["recipe"] == name])) for k in keys}
+    rows = [{k: _mean([r[k] for r in rows if r["recipe"] == name]) for k in keys}
             for name in recipes]
   out = {}
   for name, (_, lower_better) in CRITERIA.items():
-    sign = -1.0 if lower_better else 1.0
-    out[name] = {t: sign * _spearman([r[name] for r in rows], [r[t] for r in rows])
-                 for t in TARGETS}
+    out[name] = {}
+    for target, (_, target_lower_better) in TARGETS.items():
+      sign = -1.0 if lower_better != target_lower_better else 1.0
+      out[name][target] = sign * _spearman([r[name] for r in rows], [r[target] for r in rows])
   return out
 
 

@@ -1,7 +1,9 @@
-"""Each validation criterion's Spearman with test over a sweep's runs (evidence only).
+"""Each validation criterion's Spearman with test over sweeps' runs (evidence only).
 
   python -m cxr_jax.tools.criteria --sweep=workdirs/sweeps/freeze/sweep.json \
       --output=benchmarks/freeze/criteria.md
+  python -m cxr_jax.tools.criteria --sweep=benchmarks/freeze/sweep.json \
+      --sweep=workdirs/sweeps/levers20/sweep.json --output=benchmarks/levers20/criteria.md
 """
 
 from cxr_jax.tools import malloc_tuning
@@ -16,7 +18,9 @@ from cxr_jax import workdir as workdir_lib
 from cxr_jax.evaluation import criteria
 from cxr_jax.tools import startup
 
-flags.DEFINE_string("sweep", None, "A sweep's sweep.json (python -m cxr_jax.tools.sweep).")
+flags.DEFINE_multi_string("sweep", None, "A sweep's sweep.json (python -m "
+                          "cxr_jax.tools.sweep); repeatable, a later file's run of the same "
+                          "recipe and seed replacing an earlier one's.")
 flags.DEFINE_string("output", "", "Also write the markdown here.")
 FLAGS = flags.FLAGS
 
@@ -27,9 +31,12 @@ def main(argv):
   if not FLAGS.sweep:
     raise app.UsageError("--sweep is required.")
   if FLAGS.output:
-    workdir_lib.check_output(FLAGS.output, [FLAGS.sweep], "--output")
-  with open(FLAGS.sweep) as f:
-    text = criteria.markdown(criteria.runs_table(json.load(f)))
+    workdir_lib.check_output(FLAGS.output, FLAGS.sweep, "--output")
+  sweeps = []
+  for path in FLAGS.sweep:
+    with open(path) as f:
+      sweeps.append(json.load(f))
+  text = criteria.markdown(criteria.runs_table(criteria.merge(sweeps)))
   print(text)
   if FLAGS.output:
     with open(FLAGS.output, "w") as f:
