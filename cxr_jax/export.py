@@ -21,6 +21,7 @@ import contextlib
 import copy
 import dataclasses
 import json
+import logging
 import os
 
 import jax
@@ -150,16 +151,37 @@ def export_saved_model(serving: Serving, path: str) -> str:
   return path
 
 
+class ExportError(RuntimeError):
+  """A runtime's converter refused the model; the message says which file and why."""
+
+
+def _converter_reason(error: Exception) -> str:
+  """The first 'error:' of a converter's long MLIR dump, on one line."""
+  text = str(error)
+  reasons = [p.strip() for p in text.split("error:")[1:] if p.strip()]
+  return " ".join((reasons[0] if reasons else text).split())[:160]
+
+
 def export_tflite(saved_model: str, path: str, int8_weights: bool = False) -> str:
-  """A LiteRT flatbuffer of a SavedModel; int8_weights: dynamic-range weight quantisation."""
+  """A LiteRT flatbuffer of a SavedModel; int8_weights: dynamic-range weight quantisation.
+
+  Raises ExportError naming the path and the first op LiteRT cannot convert (a sort, say).
+  """
   tf = tf_import.tensorflow()
   converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
   converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS,
                                          tf.lite.OpsSet.SELECT_TF_OPS]
   if int8_weights:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  try:
+    flatbuffer = converter.convert()
+  except Exception as error:  # pylint: disable=broad-except
+    if type(error).__name__ != "ConverterError":
+      raise
+    raise ExportError(f"{path}: LiteRT cannot convert this model: "
+                      f"{_converter_reason(error)}") from None
   with open(path, "wb") as f:
-    f.write(converter.convert())
+    f.write(flatbuffer)
   meta = saved_model.rstrip("/") + ".json"
   if os.path.exists(meta):
     with open(meta) as src, open(os.path.splitext(path)[0] + ".json", "w") as dst:
@@ -235,8 +257,13 @@ def parity(serving: Serving, runtime: Runtime, images: np.ndarray, labels: np.nd
   }
 
 
-def export_all(serving: Serving, output_dir: str, formats=FORMATS) -> dict[str, str]:
-  """{format: path} of every requested format under output_dir."""
+def export_all(serving: Serving, output_dir: str, formats=FORMATS,
+               skipped: dict | None = None) -> dict[str, str]:
+  """{format: path} of every requested format under output_dir.
+
+  A LiteRT format its converter refuses is left out, its one-line reason logged and put
+  in `skipped` ({format: reason}) when given; the other formats are still written.
+  """
   os.makedirs(output_dir, exist_ok=True)
   out = {}
   saved_model = os.path.join(output_dir, "saved_model")
@@ -244,11 +271,16 @@ def export_all(serving: Serving, output_dir: str, formats=FORMATS) -> dict[str, 
     out["onnx"] = export_onnx(serving, os.path.join(output_dir, "model.onnx"))
   if {"saved_model", "tflite", "tflite_int8"} & set(formats):
     out["saved_model"] = export_saved_model(serving, saved_model)
-  if "tflite" in formats:
-    out["tflite"] = export_tflite(saved_model, os.path.join(output_dir, "model.tflite"))
-  if "tflite_int8" in formats:
-    out["tflite_int8"] = export_tflite(saved_model,
-                                       os.path.join(output_dir, "model_int8.tflite"), True)
+  for fmt, name, int8 in (("tflite", "model.tflite", False),
+                          ("tflite_int8", "model_int8.tflite", True)):
+    if fmt not in formats:
+      continue
+    try:
+      out[fmt] = export_tflite(saved_model, os.path.join(output_dir, name), int8)
+    except ExportError as error:
+      logging.warning("%s skipped: %s", fmt, error)
+      if skipped is not None:
+        skipped[fmt] = str(error)
   return out
 
 
@@ -265,12 +297,15 @@ def export_workdir(workdir: str, output_dir: str, formats=FORMATS, check: bool =
   with workdir_lib.writer_lock(workdir) if inside else contextlib.nullcontext():
     predictor = predictor_lib.load_predictor(workdir)
     serving = serving_function(predictor, fit.load_or_fit(predictor))
-    paths = export_all(serving, output_dir, formats)
+    skipped: dict = {}
+    paths = export_all(serving, output_dir, formats, skipped)
     if not check:
-      return paths, None
+      return paths, ({"skipped": skipped} if skipped else None)
     test = data_lib.load_folder(os.path.join(predictor.config.data.data_dir, "test"),
                                 predictor.preprocess, max_per_class)
     results = {fmt: parity(serving, Runtime(path), test.images, test.labels)
                for fmt, path in paths.items() if fmt in formats}
+    if skipped:
+      results["skipped"] = skipped
     workdir_lib.write_json(os.path.join(output_dir, "parity.json"), results)
     return paths, results

@@ -18,6 +18,7 @@ scatter, so every export runtime computes it exactly.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 KINDS = ("none", "percentile", "equalize")
@@ -27,8 +28,19 @@ SAMPLE_STRIDE = 4
 
 
 def _sample(x):
-  """[B, n] pixels of [B, H, W, C] images, every SAMPLE_STRIDE-th row and column."""
-  return x[:, ::SAMPLE_STRIDE, ::SAMPLE_STRIDE, :].reshape(x.shape[0], -1)
+  """[B, n] pixels of [B, H, W, C] images, every SAMPLE_STRIDE-th row and column.
+
+  A reshape and a one-hot contraction, not a slice: with a free batch dimension a slice
+  becomes a dynamic slice or gather that LiteRT cannot convert.
+  """
+  b, h, w, c = x.shape
+  if h % SAMPLE_STRIDE or w % SAMPLE_STRIDE:
+    return x.reshape(b, h * w * c)
+  grid = x.reshape(b, h // SAMPLE_STRIDE, SAMPLE_STRIDE, w // SAMPLE_STRIDE, SAMPLE_STRIDE, c)
+  first = jnp.zeros((SAMPLE_STRIDE,), x.dtype).at[0].set(1.0)
+  picked = jnp.einsum("bipjqc,p,q->bijc", grid, first, first,
+                      precision=jax.lax.Precision.HIGHEST)
+  return picked.reshape(b, (h // SAMPLE_STRIDE) * (w // SAMPLE_STRIDE) * c)
 
 
 def _percentile_window(x):
@@ -39,14 +51,15 @@ def _percentile_window(x):
 
 def _equalize(x):
   sample = _sample(x)
-  edges = jnp.linspace(0.0, 1.0, EQUALIZE_BINS + 1, dtype=x.dtype)
-  # The fraction of the sample at or below each bin's upper edge (the last is 1).
-  cdf = jnp.mean((sample[:, :, None] <= edges[None, None, 1:]).astype(x.dtype), axis=1)
-  mass = jnp.diff(cdf, axis=1, prepend=jnp.zeros_like(cdf[:, :1]))  # [B, bins]
   out = jnp.zeros_like(x)
+  below = jnp.zeros(x.shape[:1], x.dtype)  # The fraction of the sample below the bin.
   for k in range(EQUALIZE_BINS):  # Piecewise linear through (edge_k, cdf_k); XLA fuses it.
-    ramp = jnp.clip((x - edges[k]) * EQUALIZE_BINS, 0.0, 1.0)
-    out = out + mass[:, k, None, None, None] * ramp
+    upper = (k + 1) / EQUALIZE_BINS
+    # One reduction per bin, not a [B, bins] array and its columns: no slices to convert.
+    cdf = jnp.mean((sample <= upper).astype(x.dtype), axis=1) if k + 1 < EQUALIZE_BINS else 1.0
+    ramp = jnp.clip((x - k / EQUALIZE_BINS) * EQUALIZE_BINS, 0.0, 1.0)
+    out = out + (cdf - below)[:, None, None, None] * ramp
+    below = cdf
   return out
 
 

@@ -40,6 +40,8 @@ def main(argv):
                                          FLAGS.max_per_class)
   for fmt, path in paths.items():
     print(f"{fmt}: {path}")
+  for fmt, reason in (results or {}).get("skipped", {}).items():
+    print(f"{fmt}: skipped ({reason})")
   if results is not None:
     print(json.dumps(results, indent=2))
 
