@@ -39,6 +39,27 @@ def checkout_paths() -> set[str] | None:
   return {p for p in paths if not any(part in UNWATCHED for part in p.split("/"))}
 
 
+# Files that share the session's debug runs (tests/debug_runs.py): one pytest-xdist group,
+# so that one worker makes each run once; the suite's longest group, it is scheduled first.
+DEBUG_RUN_FILES = ("tests/test_fault_injection.py", "tests/test_multiprocess.py")
+DEBUG_RUN_GROUP = "debug_runs"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+  """Groups the tests for `pytest -n 2 --dist loadgroup` (the Makefile's `test`): a file's
+  tests stay on one worker (its module fixtures are made once), the DEBUG_RUN_FILES share a
+  worker, and that group comes first so the other worker never waits at the end. Run without
+  xdist, only the order changes."""
+  del config
+  def group(item):
+    path = pathlib.Path(str(item.path)).resolve().relative_to(REPO).as_posix()
+    return DEBUG_RUN_GROUP if path in DEBUG_RUN_FILES else path
+  for item in items:
+    item.add_marker(pytest.mark.xdist_group(group(item)))
+  items.sort(key=lambda item: group(item) != DEBUG_RUN_GROUP)  # Stable: the rest keep order.
+
+
 def pytest_sessionstart(session):
   # Paths there before the tests (data/, weights/, a training's workdir) are fine.
   session.config.checkout_before = checkout_paths()
@@ -106,3 +127,17 @@ def make_class_folder(root: pathlib.Path, n_per_class: int = 4, size=(40, 52)) -
 @pytest.fixture
 def class_folder(tmp_path) -> pathlib.Path:
   return make_class_folder(tmp_path / "folder")
+
+
+@pytest.fixture(scope="session")
+def jax_cache(tmp_path_factory) -> str:
+  """A persistent compilation cache for the session's one-process `launch.py` runs."""
+  return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+@pytest.fixture(scope="session")
+def debug_runs(tmp_path_factory, jax_cache):
+  """The uninterrupted debug run of each config (tests/debug_runs.py), made once."""
+  require(CHEST_XRAY)
+  from tests import debug_runs as runs  # pylint: disable=import-outside-toplevel
+  return runs.DebugRuns(tmp_path_factory.mktemp("debug_runs"), jax_cache)

@@ -3,8 +3,11 @@ that must reach the uninterrupted run's result bit for bit.
 
 The kill points are `cxr_jax.runtime.faults.point()` calls (every train step, before and after
 each resume point is written, each phase start), some with a random delay so that the
-kill lands inside the next operation (a checkpoint write, say). FAULT_KILLS (env, default
-4 per config here; the closing note quotes 20) sets how many kills each config takes.
+kill lands inside the next operation (a checkpoint write, say). FAULT_KILLS (env) sets how
+many kills each config takes: 2 by default, 4 with CXR_DEEP_TESTS=1 (README quotes 20).
+Every corruption kind is checked by default, each on one config (the kinds alternate
+between them); CXR_DEEP_TESTS=1 checks every kind on both. Each config's uninterrupted run
+is made once and copied wherever a test needs a finished run.
 """
 
 from __future__ import annotations
@@ -21,29 +24,17 @@ import numpy as np
 import pytest
 
 from cxr_jax import checkpoints
-from cxr_jax.runtime import faults
 from cxr_jax import workdir as workdir_lib
-from tests.conftest import CHEST_XRAY, REPO, require
+from tests.conftest import CHEST_XRAY, REPO
+from tests.debug_runs import CONFIGS, launch
 
-KILLS = int(os.environ.get("FAULT_KILLS", "4"))
-CONFIGS = ("configs/cnn_v3.py:debug", "configs/mobilenet.py:debug")
+DEEP = os.environ.get("CXR_DEEP_TESTS", "") not in ("", "0")
+KILLS = int(os.environ.get("FAULT_KILLS", "4" if DEEP else "2"))
+CORRUPTIONS = ("truncated meta", "truncated _METADATA", "missing data")
+# Each kind once by default (cnn_v3, MobileNetV2, cnn_v3); every kind on both when deep.
+CORRUPTION_CASES = ([(c, how) for c in CONFIGS for how in CORRUPTIONS] if DEEP else
+                    [(CONFIGS[i % len(CONFIGS)], how) for i, how in enumerate(CORRUPTIONS)])
 TIMING_KEYS = ("seconds", "train_seconds")
-
-
-def launch(config: str, workdir: str, cache: str, kill_at: int | None = None,
-           delay: float = 0.0, points_file: str | None = None) -> subprocess.CompletedProcess:
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": cache,
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
-  for key in (faults.KILL_AT, faults.KILL_DELAY, faults.POINTS_FILE):
-    env.pop(key, None)
-  if kill_at is not None:
-    env[faults.KILL_AT], env[faults.KILL_DELAY] = str(kill_at), str(delay)
-  if points_file:
-    env[faults.POINTS_FILE] = points_file
-  return subprocess.run(
-      [sys.executable, "launch.py", f"--config={config}", f"--workdir={workdir}",
-       f"--config.data.data_dir={CHEST_XRAY}", "--config.data.source=folder"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
 def outcome(workdir: str) -> dict:
@@ -76,22 +67,27 @@ def _flat(tree, prefix=""):
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-  require(CHEST_XRAY)
-  return str(tmp_path_factory.mktemp("jax_cache"))
+def cache(jax_cache):
+  return jax_cache  # The one the session's reference runs filled.
 
 
-@pytest.fixture(scope="module", params=CONFIGS)
-def reference(request, tmp_path_factory, cache):
-  root = tmp_path_factory.mktemp("reference")
-  points = str(root / "points.txt")
-  proc = launch(request.param, str(root / "run"), cache, points_file=points)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return request.param, outcome(str(root / "run")), open(points).read().split()
+@pytest.fixture(scope="module")
+def references(debug_runs):
+  """references(config) -> (its uninterrupted run's workdir, outcome, kill points); the
+  workdir is the session's (tests/debug_runs.py), only read: copy it to change it."""
+  outcomes = {}
+
+  def get(config):
+    run = debug_runs.get(config)
+    if config not in outcomes:
+      outcomes[config] = outcome(run.workdir)
+    return run.workdir, outcomes[config], run.points
+  return get
 
 
-def test_kill_9_anywhere_resumes_to_the_same_result(reference, cache, tmp_path):
-  config, expected, points = reference
+@pytest.mark.parametrize("config", CONFIGS)
+def test_kill_9_anywhere_resumes_to_the_same_result(config, references, cache, tmp_path):
+  _, expected, points = references(config)
   assert {"step", "before_checkpoint", "after_checkpoint"} <= set(points)
   rng = random.Random(f"{config}:{KILLS}")
   kills, chains = 0, 0
@@ -132,12 +128,12 @@ def _corrupt(step_dir: str, how: str) -> None:
           os.remove(os.path.join(root, name))
 
 
-@pytest.mark.parametrize("how", ["truncated meta", "truncated _METADATA", "missing data"])
-def test_corrupted_newest_checkpoint_is_set_aside_and_the_run_redone(reference, cache,
-                                                                      tmp_path, how):
-  config, expected, points = reference
+@pytest.mark.parametrize("config, how", CORRUPTION_CASES)
+def test_corrupted_newest_checkpoint_is_set_aside_and_the_run_redone(config, how, references,
+                                                                      cache, tmp_path):
+  finished, expected, _ = references(config)
   workdir = str(tmp_path / "run")
-  shutil.copytree(_finished_copy(config, cache, tmp_path.parent), workdir)
+  shutil.copytree(finished, workdir)
   run_dir = os.path.join(workdir, "checkpoints", "run")
   newest = max(int(s) for s in os.listdir(run_dir) if s.isdigit())
   _corrupt(os.path.join(run_dir, str(newest)), how)
@@ -154,25 +150,11 @@ def test_corrupted_newest_checkpoint_is_set_aside_and_the_run_redone(reference, 
   assert_same(outcome(workdir), expected)
 
 
-_FINISHED: dict = {}
-
-
-def _finished_copy(config, cache, root) -> str:
-  """A finished run of `config` (made once per config)."""
-  if config not in _FINISHED:
-    workdir = str(root / f"finished_{len(_FINISHED)}")
-    proc = launch(config, workdir, cache)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    _FINISHED[config] = workdir
-  return _FINISHED[config]
-
-
-def test_disk_full_stops_cleanly_and_resumes(cache, tmp_path):
+def test_disk_full_stops_cleanly_and_resumes(references, cache, tmp_path):
   if os.geteuid() != 0 or shutil.which("mount") is None:
     pytest.skip("needs root to mount a small tmpfs")
   config = CONFIGS[0]
-  reference_dir = str(tmp_path / "reference")
-  assert launch(config, reference_dir, cache).returncode == 0
+  _, expected, _ = references(config)
   mount = tmp_path / "small"
   mount.mkdir()
   if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)],
@@ -186,6 +168,6 @@ def test_disk_full_stops_cleanly_and_resumes(cache, tmp_path):
     subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)
     proc = launch(config, workdir, cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_same(outcome(workdir), outcome(reference_dir))
+    assert_same(outcome(workdir), expected)
   finally:
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)

@@ -9,6 +9,10 @@ epoch, where every layer trains; it may differ on a CPU of another
 vector width) and parameters to 5e-3 (absolute) after
 the debug run's ~8 steps; a stop of both processes and a restart must give the
 two-process result exactly.
+
+The one-process run of each config is the session's (tests/debug_runs.py, also
+test_fault_injection's reference), and the two-process cnn_v3 run is made once for the
+module: the equality test checks it and the kill test restarts to it.
 """
 
 from __future__ import annotations
@@ -29,9 +33,8 @@ from cxr_jax import checkpoints
 from cxr_jax.runtime import faults
 from cxr_jax import workdir as workdir_lib
 from tests.conftest import CHEST_XRAY, REPO, require
+from tests.debug_runs import CONFIGS
 from tests.test_workdir_lock import start_holder, stop_holder
-
-CONFIGS = ("configs/cnn_v3.py:debug", "configs/mobilenet.py:debug")
 
 
 def _free_port() -> int:
@@ -114,18 +117,31 @@ def cache(tmp_path_factory):
   return str(tmp_path_factory.mktemp("jax_cache"))
 
 
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory, cache):
+  """two_process_runs(config) -> (workdir, seconds) of its run as two processes, made once
+  for the module; the workdir is only read."""
+  made = {}
+
+  def get(config):
+    if config not in made:
+      workdir = str(tmp_path_factory.mktemp("two") / "run")
+      start = time.time()
+      procs = run_processes(config, workdir, cache, 2)
+      seconds = time.time() - start
+      for p in procs:
+        assert p.returncode == 0, p.stderr[-3000:]
+      made[config] = workdir, seconds
+    return made[config]
+  return get
+
+
 @pytest.mark.parametrize("config", CONFIGS)
-def test_two_processes_equal_one_with_the_same_global_batch(config, cache, tmp_path):
-  one, two = str(tmp_path / "one"), str(tmp_path / "two")
-  start = time.time()
-  (single,) = run_processes(config, one, cache, 1)
-  one_seconds = time.time() - start
-  assert single.returncode == 0, single.stderr[-3000:]
-  start = time.time()
-  procs = run_processes(config, two, cache, 2)
-  two_seconds = time.time() - start
-  for p in procs:
-    assert p.returncode == 0, p.stderr[-3000:]
+def test_two_processes_equal_one_with_the_same_global_batch(config, debug_runs,
+                                                            two_process_runs):
+  single = debug_runs.get(config)
+  one, one_seconds = single.workdir, single.seconds
+  two, two_seconds = two_process_runs(config)
   a, b = result(one), result(two)
   for x, y in zip(a["history"], b["history"]):
     assert x["phase"] == y["phase"] and x["epoch"] == y["epoch"]
@@ -167,10 +183,11 @@ def test_a_held_workdir_refuses_every_process_of_the_job(cache, tmp_path):
   assert os.listdir(workdir) == [workdir_lib.LOCK_FILE]  # Nothing else written.
 
 
-def test_both_processes_killed_then_restarted_resume_to_the_same_result(cache, tmp_path):
+def test_both_processes_killed_then_restarted_resume_to_the_same_result(cache, tmp_path,
+                                                                        two_process_runs):
   config = CONFIGS[0]
-  reference, workdir = str(tmp_path / "reference"), str(tmp_path / "killed")
-  assert all(p.returncode == 0 for p in run_processes(config, reference, cache, 2))
+  workdir = str(tmp_path / "killed")
+  reference, _ = two_process_runs(config)
   procs = _start(config, workdir, cache, 2)
   # kill -9 of the whole job once the first epoch's resume point is committed.
   # A step folder gets its final name only once committed (written under a temporary one).
