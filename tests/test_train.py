@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -23,11 +24,21 @@ def debug_config(module, data_dir):
   return config
 
 
-def test_train_checkpoint_evaluate_resume(chest_xray_dir, tmp_path):
-  workdir = str(tmp_path / "run")
+@pytest.fixture(scope="module")
+def one_epoch(chest_xray_dir, tmp_path_factory):
+  """(workdir, summary, config) of one debug epoch of cnn_baseline, trained once for the
+  module; the workdir is only read (tests copy it to train on)."""
+  workdir = str(tmp_path_factory.mktemp("one_epoch") / "run")
   config = debug_config(cnn_baseline, chest_xray_dir)
   config.num_epochs = 1
-  summary = train.train_and_evaluate(config, workdir)
+  return workdir, train.train_and_evaluate(config, workdir), config
+
+
+def test_train_checkpoint_evaluate_resume(chest_xray_dir, tmp_path, one_epoch):
+  workdir = str(tmp_path / "run")
+  trained, summary, config = one_epoch
+  shutil.copytree(trained, workdir)
+  config = config.copy_and_resolve_references()
   assert summary["epochs_run"] == 1 and 0.0 <= summary["val"]["f1"] <= 1.0
   assert 0.0 < summary["val_threshold"] < 1.0
   for name in ("config.json", "history.json", "train_summary.json", "tensorboard"):
@@ -56,12 +67,12 @@ def test_train_checkpoint_evaluate_resume(chest_xray_dir, tmp_path):
   assert json.load(open(os.path.join(workdir, "config.json")))["num_epochs"] == 2
 
 
-def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(chest_xray_dir, tmp_path,
-                                                                   monkeypatch):
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, monkeypatch,
+                                                                   one_epoch):
   workdir = str(tmp_path / "nan")
-  config = debug_config(cnn_baseline, chest_xray_dir)
-  config.num_epochs = 1
-  train.train_and_evaluate(config, workdir)
+  trained, _, config = one_epoch
+  shutil.copytree(trained, workdir)
+  config = config.copy_and_resolve_references()
   config.num_epochs = 2
   real_loss = steps.weighted_bce
   monkeypatch.setattr(steps, "weighted_bce", lambda *a: real_loss(*a) * float("nan"))
