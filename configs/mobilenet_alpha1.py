@@ -15,7 +15,7 @@ APPROXIMATE_WEIGHTS = "weights/mobilenet_v2_1.0_224_imagenet_bnfolded_dequant_fr
 
 
 def get_config(variant=""):
-  config = mobilenet.get_config()
+  config = mobilenet.get_config("pre20")  # Its recipe was not part of issue #20's study.
   config.name = "mobilenet_v2_1.0"
   config.description = ("MobileNetV2 alpha 1.0, approximate ImageNet weights (int8 TFLite, BN "
                         "folded), head on the frozen backbone (224x224)")

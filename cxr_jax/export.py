@@ -83,7 +83,9 @@ def metadata(predictor, fitted: fit.Fitted) -> dict:
                                   "crop_border": prep.crop_border,
                                   "resize": "Pillow bilinear (antialiased) to image_size",
                                   "gray": "Pillow 'L' (ITU-R 601 luma)",
-                                  "dicom": "windowed to 8 bits, MONOCHROME1 inverted"}},
+                                  "dicom": "windowed to 8 bits, MONOCHROME1 inverted",
+                                  # Inside the exported graph: the file's caller does nothing.
+                                  "intensity": predictor.config.model.get("intensity", "none")}},
       "outputs": {"probability": "temperature-calibrated P(PNEUMONIA)",
                   "ood_score": f"{fitted.detector.kind} out-of-distribution score"},
       "operating_point": {"rule": name, "threshold_on_probability": calibrated},

@@ -120,7 +120,8 @@ def card(workdir: str) -> dict:
                         f"patient: validation {data.val_fraction:.0%} (seed {data.split_seed})",
                         "preprocessing": {"image_size": data.image_size,
                                           "channels": data.channels,
-                                          "crop_border": data.get("crop_border", 0.0)},
+                                          "crop_border": data.get("crop_border", 0.0),
+                                          "intensity": config.model.get("intensity", "none")},
                         "skipped_files": len(summary.get("skipped_files") or [])},
       "evaluation_data": {"validation": summary.get("val"), **_evaluations(workdir)},
       "ethical_considerations": "Trained on one hospital's children: accuracy on adults and "
