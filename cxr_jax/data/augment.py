@@ -4,7 +4,8 @@ Geometric: one random affine map per image (small rotation, shift, zoom, and a
 random resized crop folded into the same map), bilinear, edge pixels repeated like
 Keras's fill_mode="nearest". Acquisition: the outer band of each side darkened or
 brightened (collimation, film borders), and down- then up-sampling (a coarser detector).
-Intensity: gamma, brightness and contrast jitter, Gaussian blur and Gaussian noise. No horizontal flip by default: the heart sits on
+Intensity: gamma, brightness and contrast jitter, Gaussian blur and Gaussian noise.
+No horizontal flip by default: the heart sits on
 the patient's left, and a mirrored chest is not an image the model will meet.
 
 Every strength is a traced scalar (`strengths(config.augment)`, kept in the train

@@ -12,8 +12,9 @@ they all run the model:
                 scale (gamma, black level, window/level, contrast) is gone up to binning
 
 Percentiles and the histogram are taken on every SAMPLE_STRIDE-th pixel of each axis (a
-~1600-pixel sample at 160 px), and the histogram is sums of comparisons, not a sort or a
-scatter, so every export runtime computes it exactly.
+~1600-pixel sample at 160 px). Equalisation's histogram is sums of comparisons, not a sort
+or a scatter, so every export runtime computes it; the percentile window sorts, which
+LiteRT cannot convert (export skips that format, saying so).
 """
 
 from __future__ import annotations
