@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import subprocess
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -58,6 +60,24 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     item.add_marker(pytest.mark.xdist_group(group(item)))
   items.sort(key=lambda item: group(item) != DEBUG_RUN_GROUP)  # Stable: the rest keep order.
+
+
+# Set by pytest_configure for the session: every process of the suite (both pytest-xdist
+# workers, every `launch.py` a test starts) reads and writes one XLA compilation cache.
+CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+
+
+def pytest_configure(config):
+  """One persistent compilation cache for the whole session: the suite compiles the same debug
+  programs in many processes, and compiling is most of its time on 2 cores. Made by the
+  controlling process before pytest-xdist starts its workers, which inherit the environment;
+  a cache the user set is used as it is."""
+  if hasattr(config, "workerinput") or os.environ.get(CACHE_ENV):
+    return
+  cache = tempfile.mkdtemp(prefix="cxr_jax_tests_xla_cache_")
+  os.environ[CACHE_ENV] = cache
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # Small programs too.
+  config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
 
 
 def pytest_sessionstart(session):
@@ -130,9 +150,9 @@ def class_folder(tmp_path) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
-def jax_cache(tmp_path_factory) -> str:
-  """A persistent compilation cache for the session's one-process `launch.py` runs."""
-  return str(tmp_path_factory.mktemp("jax_cache"))
+def jax_cache() -> str:
+  """The session's persistent compilation cache (pytest_configure)."""
+  return os.environ[CACHE_ENV]
 
 
 @pytest.fixture(scope="session")
