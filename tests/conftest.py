@@ -41,25 +41,24 @@ def checkout_paths() -> set[str] | None:
   return {p for p in paths if not any(part in UNWATCHED for part in p.split("/"))}
 
 
-# Files that share the session's debug runs (tests/debug_runs.py): one pytest-xdist group,
-# so that one worker makes each run once; the suite's longest group, it is scheduled first.
-DEBUG_RUN_FILES = ("tests/test_fault_injection.py", "tests/test_multiprocess.py")
-DEBUG_RUN_GROUP = "debug_runs"
+# The longest files (each about a third of the suite's work on 2 cores), scheduled first so
+# that each worker starts with one and neither waits alone at the end. They share the
+# session's debug runs across workers (tests/debug_runs.py).
+LONGEST_FILES = ("tests/test_multiprocess.py", "tests/test_fault_injection.py")
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
   """Groups the tests for `pytest -n 2 --dist loadgroup` (the Makefile's `test`): a file's
-  tests stay on one worker (its module fixtures are made once), the DEBUG_RUN_FILES share a
-  worker, and that group comes first so the other worker never waits at the end. Run without
-  xdist, only the order changes."""
+  tests stay on one worker (its module fixtures are made once), and LONGEST_FILES come
+  first, in that order. Run without xdist, only the order changes."""
   del config
-  def group(item):
-    path = pathlib.Path(str(item.path)).resolve().relative_to(REPO).as_posix()
-    return DEBUG_RUN_GROUP if path in DEBUG_RUN_FILES else path
+  def path(item):
+    return pathlib.Path(str(item.path)).resolve().relative_to(REPO).as_posix()
   for item in items:
-    item.add_marker(pytest.mark.xdist_group(group(item)))
-  items.sort(key=lambda item: group(item) != DEBUG_RUN_GROUP)  # Stable: the rest keep order.
+    item.add_marker(pytest.mark.xdist_group(path(item)))
+  rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+  items.sort(key=lambda item: rank.get(path(item), len(rank)))  # Stable: the rest keep order.
 
 
 # Set by pytest_configure for the session: every process of the suite (both pytest-xdist
@@ -156,8 +155,12 @@ def jax_cache() -> str:
 
 
 @pytest.fixture(scope="session")
-def debug_runs(tmp_path_factory, jax_cache):
-  """The uninterrupted debug run of each config (tests/debug_runs.py), made once."""
+def debug_runs(tmp_path_factory, worker_id, jax_cache):
+  """The uninterrupted debug run of each config (tests/debug_runs.py), made once for the
+  session: under pytest-xdist in the folder its workers share (basetemp's parent)."""
   require(CHEST_XRAY)
   from tests import debug_runs as runs  # pylint: disable=import-outside-toplevel
-  return runs.DebugRuns(tmp_path_factory.mktemp("debug_runs"), jax_cache)
+  root = tmp_path_factory.getbasetemp()
+  if worker_id != "master":
+    root = root.parent
+  return runs.DebugRuns(root / "debug_runs", jax_cache)

@@ -10,14 +10,13 @@ import sys
 import numpy as np
 import pytest
 
-from configs import mobilenet
 from cxr_jax import data as data_lib
 from cxr_jax import export
-from cxr_jax import train
 from cxr_jax.evaluation import fit
 from cxr_jax.evaluation import predictor as predictor_lib
 from tests.conftest import REPO
-from tests.report.test_report import debug_config, train_debug_workdirs
+from tests.debug_runs import MOBILENET_DEBUG
+from tests.report.test_report import train_debug_workdirs
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +25,8 @@ def workdirs(tmp_path_factory, chest_xray_dir):
 
 
 @pytest.fixture(scope="module")
-def mobilenet_workdir(tmp_path_factory, chest_xray_dir):
-  workdir = str(tmp_path_factory.mktemp("export") / "mobilenet")
-  train.train_and_evaluate(debug_config(mobilenet, chest_xray_dir), workdir)
-  return workdir
+def mobilenet_workdir(debug_runs):
+  return debug_runs.get(MOBILENET_DEBUG).workdir  # The session's launch.py run; only read.
 
 
 def _serving(workdir):

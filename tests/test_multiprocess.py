@@ -139,9 +139,11 @@ def two_process_runs(tmp_path_factory, cache):
 @pytest.mark.parametrize("config", CONFIGS)
 def test_two_processes_equal_one_with_the_same_global_batch(config, debug_runs,
                                                             two_process_runs):
+  # The two-process run first: meanwhile test_fault_injection, on the other worker, makes
+  # the session's one-process run.
+  two, two_seconds = two_process_runs(config)
   single = debug_runs.get(config)
   one, one_seconds = single.workdir, single.seconds
-  two, two_seconds = two_process_runs(config)
   a, b = result(one), result(two)
   for x, y in zip(a["history"], b["history"]):
     assert x["phase"] == y["phase"] and x["epoch"] == y["epoch"]

@@ -15,6 +15,7 @@ from cxr_jax import train
 from cxr_jax import train_step as steps
 from cxr_jax.evaluation import evaluate
 from tests.conftest import REPO
+from tests.debug_runs import MOBILENET_DEBUG
 
 
 def debug_config(module, data_dir):
@@ -112,11 +113,9 @@ def test_unknown_config_variant_fails_clearly(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
-def test_mobilenet_two_phases_checkpoint_and_evaluate(chest_xray_dir, tmp_path):
-  from configs import mobilenet
-  workdir = str(tmp_path / "mobilenet")
-  config = debug_config(mobilenet, chest_xray_dir)
-  summary = train.train_and_evaluate(config, workdir)
+def test_mobilenet_two_phases_checkpoint_and_evaluate(chest_xray_dir, debug_runs):
+  workdir = debug_runs.get(MOBILENET_DEBUG).workdir  # The session's launch.py run.
+  summary = json.load(open(os.path.join(workdir, "train_summary.json")))
   history = json.load(open(os.path.join(workdir, "history.json")))
   assert [h["phase"] for h in history] == ["head", "fine_tune"]
   assert summary["params"] > 300_000
