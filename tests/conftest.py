@@ -149,13 +149,7 @@ def class_folder(tmp_path) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
-def jax_cache() -> str:
-  """The session's persistent compilation cache (pytest_configure)."""
-  return os.environ[CACHE_ENV]
-
-
-@pytest.fixture(scope="session")
-def debug_runs(tmp_path_factory, worker_id, jax_cache):
+def debug_runs(tmp_path_factory, worker_id):
   """The uninterrupted debug run of each config (tests/debug_runs.py), made once for the
   session: under pytest-xdist in the folder its workers share (basetemp's parent)."""
   require(CHEST_XRAY)
@@ -163,4 +157,4 @@ def debug_runs(tmp_path_factory, worker_id, jax_cache):
   root = tmp_path_factory.getbasetemp()
   if worker_id != "master":
     root = root.parent
-  return runs.DebugRuns(root / "debug_runs", jax_cache)
+  return runs.DebugRuns(root / "debug_runs")

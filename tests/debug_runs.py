@@ -29,11 +29,11 @@ from tests.conftest import CHEST_XRAY, REPO
 CNN_DEBUG, MOBILENET_DEBUG = CONFIGS = ("configs/cnn_v3.py:debug", "configs/mobilenet.py:debug")
 
 
-def launch(config: str, workdir: str, cache: str, kill_at: int | None = None,
-           delay: float = 0.0, points_file: str | None = None) -> subprocess.CompletedProcess:
-  """One process of `launch.py` on ../shared's subset, with a persistent compilation cache."""
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": cache,
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
+def launch(config: str, workdir: str, kill_at: int | None = None, delay: float = 0.0,
+           points_file: str | None = None) -> subprocess.CompletedProcess:
+  """One process of `launch.py` on ../shared's subset; it inherits the session's compilation
+  cache (tests/conftest.py)."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
   for key in (faults.KILL_AT, faults.KILL_DELAY, faults.POINTS_FILE):
     env.pop(key, None)
   if kill_at is not None:
@@ -57,8 +57,8 @@ class DebugRuns:
   """runs.get(config): the uninterrupted run of `config`, made on first use in `root`
   (shared by the processes of one session)."""
 
-  def __init__(self, root: pathlib.Path, cache: str):
-    self.root, self.cache = root, cache
+  def __init__(self, root: pathlib.Path):
+    self.root = root
     root.mkdir(parents=True, exist_ok=True)
 
   def get(self, config: str) -> Run:
@@ -70,7 +70,7 @@ class DebugRuns:
         folder.mkdir()
         points, workdir = str(folder / "points.txt"), str(folder / "run")
         start = time.time()
-        proc = launch(config, workdir, self.cache, points_file=points)
+        proc = launch(config, workdir, points_file=points)
         seconds = time.time() - start
         assert proc.returncode == 0, proc.stderr[-3000:]
         made = Run(workdir, open(points).read().split(), seconds)

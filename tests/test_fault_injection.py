@@ -67,11 +67,6 @@ def _flat(tree, prefix=""):
 
 
 @pytest.fixture(scope="module")
-def cache(jax_cache):
-  return jax_cache  # The one the session's reference runs filled.
-
-
-@pytest.fixture(scope="module")
 def references(debug_runs):
   """references(config) -> (its uninterrupted run's workdir, outcome, kill points); the
   workdir is the session's (tests/debug_runs.py), only read: copy it to change it."""
@@ -86,7 +81,7 @@ def references(debug_runs):
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-def test_kill_9_anywhere_resumes_to_the_same_result(config, references, cache, tmp_path):
+def test_kill_9_anywhere_resumes_to_the_same_result(config, references, tmp_path):
   _, expected, points = references(config)
   assert {"step", "before_checkpoint", "after_checkpoint"} <= set(points)
   rng = random.Random(f"{config}:{KILLS}")
@@ -98,7 +93,7 @@ def test_kill_9_anywhere_resumes_to_the_same_result(config, references, cache, t
     for _ in range(100):  # Kill, rerun, kill... until a run finishes.
       kill_at = rng.randint(1, len(points))
       delay = rng.choice([0.0, 0.0, 0.02, 0.1, 0.3])
-      proc = launch(config, workdir, cache, kill_at if kills < KILLS else None, delay)
+      proc = launch(config, workdir, kill_at if kills < KILLS else None, delay)
       if left_holder:  # The killed run's lock, released by the kernel, is taken over.
         assert "Taking over the lock" in proc.stderr, proc.stderr[-3000:]
       if proc.returncode == -signal.SIGKILL:
@@ -130,7 +125,7 @@ def _corrupt(step_dir: str, how: str) -> None:
 
 @pytest.mark.parametrize("config, how", CORRUPTION_CASES)
 def test_corrupted_newest_checkpoint_is_set_aside_and_the_run_redone(config, how, references,
-                                                                      cache, tmp_path):
+                                                                      tmp_path):
   finished, expected, _ = references(config)
   workdir = str(tmp_path / "run")
   shutil.copytree(finished, workdir)
@@ -144,13 +139,13 @@ def test_corrupted_newest_checkpoint_is_set_aside_and_the_run_redone(config, how
                         text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert proc.returncode == 1 and "Traceback" not in proc.stderr
   assert f"run/{newest} is unreadable" in proc.stderr
-  proc = launch(config, workdir, cache)
+  proc = launch(config, workdir)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert os.path.isdir(os.path.join(workdir, "checkpoints", f"corrupt-{newest}"))  # Kept.
   assert_same(outcome(workdir), expected)
 
 
-def test_disk_full_stops_cleanly_and_resumes(references, cache, tmp_path):
+def test_disk_full_stops_cleanly_and_resumes(references, tmp_path):
   if os.geteuid() != 0 or shutil.which("mount") is None:
     pytest.skip("needs root to mount a small tmpfs")
   config = CONFIGS[0]
@@ -162,11 +157,11 @@ def test_disk_full_stops_cleanly_and_resumes(references, cache, tmp_path):
     pytest.skip("mount -t tmpfs not permitted here")
   try:
     workdir = str(mount / "run")
-    proc = launch(config, workdir, cache)
+    proc = launch(config, workdir)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "No space left on device" in proc.stderr
     subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)
-    proc = launch(config, workdir, cache)
+    proc = launch(config, workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same(outcome(workdir), expected)
   finally:
