@@ -43,13 +43,14 @@ train: setup
 
 # tests/test_browser.py drives the page in Debian's headless chromium: installed here when
 # missing and root may install it; otherwise that test skips, saying why.
-# Two pytest-xdist workers (alone the suite keeps ~1.3 of 2 cores busy); --dist loadgroup with
-# the groups of tests/conftest.py keeps each file on one worker and starts the two longest
-# files first, one per worker; tests/conftest.py gives the session one XLA compilation
+# Two pytest-xdist workers (alone the suite keeps ~1.3 of 2 cores busy); --dist loadfile keeps
+# each file on one worker (its module fixtures are made once) and, with
+# --no-loadscope-reorder, takes files in the order of tests/conftest.py, which starts the two
+# longest first, one per worker; tests/conftest.py gives the session one XLA compilation
 # cache. TEST_WORKERS=0 runs the tests in this process, one after another.
 TEST_WORKERS ?= 2
 test: setup browser-deps
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 
 .PHONY: browser-deps
 browser-deps:
