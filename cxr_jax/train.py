@@ -41,7 +41,7 @@ from cxr_jax import model_card
 from cxr_jax import models
 from cxr_jax.runtime import progress as progress_lib
 from cxr_jax import sharding
-from cxr_jax.runtime import tf_import
+from cxr_jax.runtime import summaries
 from cxr_jax import train_step as steps
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.data import augment
@@ -252,16 +252,10 @@ def _nonfinite_message(error: NonFiniteLossError, run: Run) -> str:
           f"stopping: {kept}. Lower the learning rate or check the data.")
 
 
-def _summary_writer(workdir: str):
+def _summary_writer(workdir: str) -> summaries.ScalarWriter | None:
   if jax.process_index() != 0:  # One set of files, however many processes.
     return None
-  try:
-    tf_import.tensorflow()  # The summary writer needs it: imported quietly first.
-    from flax.metrics import tensorboard  # pylint: disable=g-import-not-at-top
-  except ImportError as e:  # It needs TensorFlow, which accelerator images may lack.
-    logging.warning("No TensorBoard summaries (%s); history.json has every number.", e)
-    return None
-  return tensorboard.SummaryWriter(workdir_lib.path(workdir, workdir_lib.TENSORBOARD_DIR))
+  return summaries.ScalarWriter(workdir_lib.path(workdir, workdir_lib.TENSORBOARD_DIR))
 
 
 def _write_summaries(writer, record: dict, step: int) -> None:

@@ -3,5 +3,6 @@
   faults           named kill points for the resume tests (inert unless CXR_JAX_KILL_AT is set)
   progress         progress bars and progress lines for long work
   stderr_redirect  file descriptor 2 pointed elsewhere for a while (tensorstore's noise)
+  summaries        TensorBoard scalars written without TensorFlow
   tf_import        TensorFlow imported quietly, once
 """
