@@ -30,6 +30,7 @@ from cxr_jax.evaluation import evaluate
 from cxr_jax.evaluation import predict
 from cxr_jax.report import collect
 from tests.conftest import CHEST_XRAY, REPO, make_class_folder, require
+from tests.debug_runs import CNN_DEBUG
 
 
 def _debug(module, changes: dict):
@@ -317,7 +318,8 @@ def test_ctrl_c_stops_cleanly_and_says_where_to_resume(tmp_path):
   workdir = tmp_path / "w"
   log = open(tmp_path / "log.txt", "w+")  # A file, not a pipe nobody reads while waiting.
   proc = subprocess.Popen(
-      [sys.executable, "launch.py", "--config=configs/cnn_v3.py:debug",
+      # The session's CNN debug config: its programs are in the compilation cache.
+      [sys.executable, "launch.py", f"--config={CNN_DEBUG}",
        "--config.data.source=folder", f"--config.data.data_dir={CHEST_XRAY}",
        # No early stop: the run must still be training when Ctrl-C comes (debug epochs
        # take 0.1 s, and a patience of 5 once ended it before the signal arrived).
