@@ -61,10 +61,14 @@ class RunCheckpoints:
   def save(self, epoch: int, state_dict: dict, best_variables: dict, meta: dict) -> None:
     if epoch in self._manager.all_steps():  # Re-done after resuming from an older epoch.
       self._set_aside(epoch, "superseded")
-    self._manager.save(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state_dict), best=ocp.args.StandardSave(best_variables),
-        meta=ocp.args.JsonSave(meta)), force=True)
-    self._manager.wait_until_finished()
+    try:
+      self._manager.save(epoch, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state_dict), best=ocp.args.StandardSave(best_variables),
+          meta=ocp.args.JsonSave(meta)), force=True)
+      self._manager.wait_until_finished()
+    except Exception:  # A full disk, say: the caller says so in one line.
+      _settle_failed_io()
+      raise
 
   def _set_aside(self, step: int, why: str) -> None:
     src = os.path.join(self.directory, str(step))
@@ -96,12 +100,14 @@ class RunCheckpoints:
     self._manager.close()
 
 
-def _settle_failed_reads(seconds: float = 1.0) -> None:
-  """Lets the reads still in flight after a failed restore end, their output to the log.
+def _settle_failed_io(seconds: float = 1.0) -> None:
+  """Lets the reads or writes still in flight after a failed restore or save end, their
+  output to the log.
 
-  When one array of a step cannot be read, Orbax raises while tensorstore's other reads
-  are still running; their callbacks then find Orbax's event loop closed and print
-  "Event loop is closed" tracebacks over the one-line error the user should see.
+  When one array of a step cannot be read or written (a full disk), Orbax raises while
+  tensorstore's other operations are still running; their callbacks then find Orbax's
+  event loop closed and print "Event loop is closed" tracebacks over the one-line error
+  the user should see.
   """
   with tempfile.TemporaryFile("w+") as sink:
     restore = stderr_redirect.redirect_stderr(sink)
@@ -112,7 +118,7 @@ def _settle_failed_reads(seconds: float = 1.0) -> None:
       sink.seek(0)
       noise = sink.read()
   if noise:
-    logging.debug("Output of reads that outlived a failed restore:\n%s", noise)
+    logging.debug("Output of operations that outlived a failed restore or save:\n%s", noise)
 
 
 def _restore_step(directory: str, step: int, items: dict) -> dict:
@@ -120,7 +126,7 @@ def _restore_step(directory: str, step: int, items: dict) -> dict:
   try:
     return manager.restore(step, args=ocp.args.Composite(**items))
   except Exception as e:  # pylint: disable=broad-except
-    _settle_failed_reads()
+    _settle_failed_io()
     raise CheckpointError(
         f"Checkpoint {directory}/{step} is unreadable ({type(e).__name__}: {str(e)[:200]}). "
         "Re-run the training command: it resumes from the epoch before it.") from None
