@@ -14,6 +14,7 @@ layout (`checkpoints/best/<epoch>`) still evaluate.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -61,14 +62,11 @@ class RunCheckpoints:
   def save(self, epoch: int, state_dict: dict, best_variables: dict, meta: dict) -> None:
     if epoch in self._manager.all_steps():  # Re-done after resuming from an older epoch.
       self._set_aside(epoch, "superseded")
-    try:
+    with _writes_output_to_log():
       self._manager.save(epoch, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state_dict), best=ocp.args.StandardSave(best_variables),
           meta=ocp.args.JsonSave(meta)), force=True)
       self._manager.wait_until_finished()
-    except Exception:  # A full disk, say: the caller says so in one line.
-      _settle_failed_io()
-      raise
 
   def _set_aside(self, step: int, why: str) -> None:
     src = os.path.join(self.directory, str(step))
@@ -100,14 +98,40 @@ class RunCheckpoints:
     self._manager.close()
 
 
-def _settle_failed_io(seconds: float = 1.0) -> None:
-  """Lets the reads or writes still in flight after a failed restore or save end, their
-  output to the log.
+@contextlib.contextmanager
+def _writes_output_to_log(settle_seconds: float = 1.0):
+  """fd 2 into the log while a checkpoint is written.
 
-  When one array of a step cannot be read or written (a full disk), Orbax raises while
-  tensorstore's other operations are still running; their callbacks then find Orbax's
-  event loop closed and print "Event loop is closed" tracebacks over the one-line error
-  the user should see.
+  When one array cannot be written (a full disk), tensorstore's other writes still run,
+  and their callbacks print "Event loop is closed" tracebacks from Orbax's closed event
+  loop, before and after the save raises: noise over the one-line error the caller
+  gives. After a failure this waits `settle_seconds` for them. Output of a save that
+  succeeded is logged as a warning, so nothing is lost.
+  """
+  with tempfile.TemporaryFile("w+") as sink:
+    restore = stderr_redirect.redirect_stderr(sink)
+    failed = False
+    try:
+      yield
+    except Exception:
+      failed = True
+      time.sleep(settle_seconds)
+      raise
+    finally:
+      restore()
+      sink.seek(0)
+      output = sink.read()
+      if output:
+        (logging.debug if failed else logging.warning)(
+            "Output while writing a checkpoint%s:\n%s", " that failed" if failed else "", output)
+
+
+def _settle_failed_io(seconds: float = 1.0) -> None:
+  """Lets the reads still in flight after a failed restore end, their output to the log.
+
+  When one array of a step cannot be read, Orbax raises while tensorstore's other reads
+  are still running; their callbacks then find Orbax's event loop closed and print
+  "Event loop is closed" tracebacks over the one-line error the user should see.
   """
   with tempfile.TemporaryFile("w+") as sink:
     restore = stderr_redirect.redirect_stderr(sink)
@@ -118,7 +142,7 @@ def _settle_failed_io(seconds: float = 1.0) -> None:
       sink.seek(0)
       noise = sink.read()
   if noise:
-    logging.debug("Output of operations that outlived a failed restore or save:\n%s", noise)
+    logging.debug("Output of reads that outlived a failed restore:\n%s", noise)
 
 
 def _restore_step(directory: str, step: int, items: dict) -> dict:
