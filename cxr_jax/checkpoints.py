@@ -126,7 +126,7 @@ def _writes_output_to_log(settle_seconds: float = 1.0):
             "Output while writing a checkpoint%s:\n%s", " that failed" if failed else "", output)
 
 
-def _settle_failed_io(seconds: float = 1.0) -> None:
+def _settle_failed_reads(seconds: float = 1.0) -> None:
   """Lets the reads still in flight after a failed restore end, their output to the log.
 
   When one array of a step cannot be read, Orbax raises while tensorstore's other reads
@@ -150,7 +150,7 @@ def _restore_step(directory: str, step: int, items: dict) -> dict:
   try:
     return manager.restore(step, args=ocp.args.Composite(**items))
   except Exception as e:  # pylint: disable=broad-except
-    _settle_failed_io()
+    _settle_failed_reads()
     raise CheckpointError(
         f"Checkpoint {directory}/{step} is unreadable ({type(e).__name__}: {str(e)[:200]}). "
         "Re-run the training command: it resumes from the epoch before it.") from None

@@ -60,7 +60,7 @@ SETTLE = textwrap.dedent("""
       print("Traceback (from sys.stderr)", file=sys.stderr)
 
     threading.Thread(target=straggler).start()
-    checkpoints._settle_failed_io(1.0)
+    checkpoints._settle_failed_reads(1.0)
     print("error: Checkpoint ... is unreadable", file=sys.stderr)
 """)
 
