@@ -47,7 +47,8 @@ def test_serving_function_is_the_predictor_with_calibration_and_ood(workdirs, ch
   from cxr_jax.evaluation import scoring  # pylint: disable=C0415
   np.testing.assert_allclose(probability, scoring.calibrate_probs(
       out.probs, fitted.calibration["temperature"]), atol=1e-5)
-  np.testing.assert_allclose(ood_score, fitted.detector.score(out.features), rtol=1e-4)
+  # rtol: 6e-7 measured (2-core Zen 5), 1e-3 before the residual was computed stably.
+  np.testing.assert_allclose(ood_score, fitted.detector.score(out.features), rtol=1e-5)
   assert serving.metadata["ood"]["threshold"] == fitted.detector.threshold
   assert serving.metadata["input"]["shape"] == ["N", 64, 64, 1]
 
