@@ -19,6 +19,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = (REPO / ".." / "shared").resolve()
 CHEST_XRAY = SHARED / "data" / "chest_xray"
 FULLRES_SAMPLE = SHARED / "data" / "chest_xray_fullres_sample"
+# CXR_DEEP_TESTS=1: the deep variants (more kills, every corruption kind on both configs,
+# MobileNetV2 in two processes); README.md, "Tests".
+DEEP_TESTS = os.environ.get("CXR_DEEP_TESTS", "") not in ("", "0")
 # Ignored folders whose entries are watched too (git shows them as one ignored folder).
 WATCHED = ("workdirs", "reports")
 # What running Python and pytest leave everywhere.

@@ -25,14 +25,13 @@ import pytest
 
 from cxr_jax import checkpoints
 from cxr_jax import workdir as workdir_lib
-from tests.conftest import CHEST_XRAY, REPO
+from tests.conftest import CHEST_XRAY, DEEP_TESTS, REPO
 from tests.debug_runs import CONFIGS, launch
 
-DEEP = os.environ.get("CXR_DEEP_TESTS", "") not in ("", "0")
-KILLS = int(os.environ.get("FAULT_KILLS", "4" if DEEP else "2"))
+KILLS = int(os.environ.get("FAULT_KILLS", "4" if DEEP_TESTS else "2"))
 CORRUPTIONS = ("truncated meta", "truncated _METADATA", "missing data")
 # Each kind once by default (cnn_v2, MobileNetV2, cnn_v2); every kind on both when deep.
-CORRUPTION_CASES = ([(c, how) for c in CONFIGS for how in CORRUPTIONS] if DEEP else
+CORRUPTION_CASES = ([(c, how) for c in CONFIGS for how in CORRUPTIONS] if DEEP_TESTS else
                     [(CONFIGS[i % len(CONFIGS)], how) for i, how in enumerate(CORRUPTIONS)])
 TIMING_KEYS = ("seconds", "train_seconds")
 

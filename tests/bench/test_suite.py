@@ -38,7 +38,7 @@ def test_bench_tiny_run(tmp_path):
       ["-m", "cxr_jax.tools.bench", "--alphas=0.35", "--image_size=32", "--batch_size=2",
        "--steps=1", "--warmup=1", "--keras=off", "--ops=xla",
        "--cached_features", "--cf_images=8", "--cf_epochs=2", "--eval_images=3",
-       "--pipeline_images=4", "--config=configs/cnn_v3.py:debug",
+       "--pipeline_images=4", "--config=configs/cnn_v2.py:debug",
        f"--json={out}"],
       env_extra={"XLA_FLAGS": FAST_COMPILE_FLAGS})
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -59,7 +59,7 @@ def test_bench_tiny_run(tmp_path):
   assert cached["epochs"] == 2 and cached["speedup"] > 0 and cached["full_s"] > 0
   assert result["settings"]["ops"] == "xla" and not result["settings"]["cpu_kernels"]
   recipe = result["recipe"]  # The config's own size and batch, not the width table's.
-  assert recipe["config"] == "cnn_v3" and recipe["image_size"] == 64
+  assert recipe["config"] == "cnn_v2" and recipe["image_size"] == 64
   assert recipe["batch_size"] == 8 and recipe["frozen_layers"] == [] and "keras" not in recipe
   assert recipe["flops_per_step"] > 0 and recipe["bytes_per_step"] > 0
   assert recipe["epoch_s"] > recipe["validation_s"] > 0 and recipe["checkpoint_s"] > 0
