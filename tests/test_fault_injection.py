@@ -4,7 +4,7 @@ that must reach the uninterrupted run's result bit for bit.
 The kill points are `cxr_jax.runtime.faults.point()` calls (every train step, before and after
 each resume point is written, each phase start), some with a random delay so that the
 kill lands inside the next operation (a checkpoint write, say). FAULT_KILLS (env) sets how
-many kills each config takes: 2 by default, 4 with CXR_DEEP_TESTS=1 (README quotes 20).
+many kills each config takes: 1 by default, 4 with CXR_DEEP_TESTS=1 (README quotes 20).
 Every corruption kind is checked by default, each on one config (the kinds alternate
 between them); CXR_DEEP_TESTS=1 checks every kind on both. Each config's uninterrupted run
 is made once and copied wherever a test needs a finished run.
@@ -28,7 +28,7 @@ from cxr_jax import workdir as workdir_lib
 from tests.conftest import CHEST_XRAY, DEEP_TESTS, REPO
 from tests.debug_runs import CONFIGS, launch
 
-KILLS = int(os.environ.get("FAULT_KILLS", "4" if DEEP_TESTS else "2"))
+KILLS = int(os.environ.get("FAULT_KILLS", "4" if DEEP_TESTS else "1"))
 CORRUPTIONS = ("truncated meta", "truncated _METADATA", "missing data")
 # Each kind once by default (cnn_v2, MobileNetV2, cnn_v2); every kind on both when deep.
 CORRUPTION_CASES = ([(c, how) for c in CONFIGS for how in CORRUPTIONS] if DEEP_TESTS else
