@@ -20,7 +20,7 @@ $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --no-compile -r requirements.txt
-	$(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null
+	$(PY) -m compileall -q -j 0 $(VENV)/lib
 	rm -f $(VENV)/.installed-*
 	touch $@
 

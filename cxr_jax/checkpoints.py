@@ -18,7 +18,6 @@ import contextlib
 import logging
 import os
 import shutil
-import tempfile
 import time
 
 import jax
@@ -108,22 +107,20 @@ def _writes_output_to_log(settle_seconds: float = 1.0):
   gives. After a failure this waits `settle_seconds` for them. Output of a save that
   succeeded is logged as a warning, so nothing is lost.
   """
-  with tempfile.TemporaryFile("w+") as sink:
-    restore = stderr_redirect.redirect_stderr(sink)
-    failed = False
-    try:
-      yield
-    except Exception:
-      failed = True
-      time.sleep(settle_seconds)
-      raise
-    finally:
-      restore()
-      sink.seek(0)
-      output = sink.read()
-      if output:
-        (logging.debug if failed else logging.warning)(
-            "Output while writing a checkpoint%s:\n%s", " that failed" if failed else "", output)
+  captured, failed = stderr_redirect.CapturedStderr(), False
+  try:
+    with captured:
+      try:
+        yield
+      except Exception:
+        failed = True
+        time.sleep(settle_seconds)
+        raise
+  finally:
+    if captured.text:
+      (logging.debug if failed else logging.warning)(
+          "Output while writing a checkpoint%s:\n%s", " that failed" if failed else "",
+          captured.text)
 
 
 def _settle_failed_reads(seconds: float = 1.0) -> None:
@@ -133,16 +130,10 @@ def _settle_failed_reads(seconds: float = 1.0) -> None:
   are still running; their callbacks then find Orbax's event loop closed and print
   "Event loop is closed" tracebacks over the one-line error the user should see.
   """
-  with tempfile.TemporaryFile("w+") as sink:
-    restore = stderr_redirect.redirect_stderr(sink)
-    try:
-      time.sleep(seconds)
-    finally:
-      restore()
-      sink.seek(0)
-      noise = sink.read()
-  if noise:
-    logging.debug("Output of reads that outlived a failed restore:\n%s", noise)
+  with stderr_redirect.CapturedStderr() as captured:
+    time.sleep(seconds)
+  if captured.text:
+    logging.debug("Output of reads that outlived a failed restore:\n%s", captured.text)
 
 
 def _restore_step(directory: str, step: int, items: dict) -> dict:

@@ -36,9 +36,9 @@ from cxr_jax.runtime import faults
 from cxr_jax import workdir as workdir_lib
 from tests.conftest import CHEST_XRAY, DEEP_TESTS, REPO, require
 from tests.debug_runs import CNN_DEBUG, CONFIGS
-
-EQUAL_CONFIGS = CONFIGS if DEEP_TESTS else (CNN_DEBUG,)
 from tests.test_workdir_lock import start_holder, stop_holder
+
+EQUAL_CONFIGS = CONFIGS if DEEP_TESTS else (CNN_DEBUG,)  # MobileNetV2 when deep (above).
 
 
 def _free_port() -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from typing import Callable, TextIO
 
 
@@ -25,3 +26,21 @@ def redirect_stderr(target: TextIO) -> Callable[[], None]:
     os.close(saved_fd)
 
   return restore
+
+
+class CapturedStderr:
+  """`with CapturedStderr() as captured:` fd 2 and sys.stderr go to a temporary file
+  inside; `captured.text` is what was written there, once out (also after an exception)."""
+
+  text = ""
+
+  def __enter__(self) -> "CapturedStderr":
+    self._sink = tempfile.TemporaryFile("w+")  # pylint: disable=consider-using-with
+    self._restore = redirect_stderr(self._sink)
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self._restore()
+    self._sink.seek(0)
+    self.text = self._sink.read()
+    self._sink.close()
