@@ -67,17 +67,48 @@ def pytest_collection_modifyitems(config, items):
 CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 
 
+# XLA without its backend optimisation (LLVM at -O0): the same HLO passes, so the same
+# computation, compiled about twice as fast. The tests' own programs compile this way by
+# default (they check values, not speed); CXR_DEEP_TESTS=1 compiles them with the defaults.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
 def pytest_configure(config):
+  if not hasattr(config, "workerinput"):
+    _share_one_compilation_cache(config)
+  if not DEEP_TESTS and (hasattr(config, "workerinput")
+                         or not getattr(config.option, "numprocesses", None)):
+    compile_this_process_fast()
+
+
+def _share_one_compilation_cache(config):
   """One persistent compilation cache for the whole session: the suite compiles the same debug
   programs in many processes, and compiling is most of its time on 2 cores. Made by the
   controlling process before pytest-xdist starts its workers, which inherit the environment;
   a cache the user set is used as it is."""
-  if hasattr(config, "workerinput") or os.environ.get(CACHE_ENV):
+  if os.environ.get(CACHE_ENV):
     return
   cache = tempfile.mkdtemp(prefix="cxr_jax_tests_xla_cache_")
   os.environ[CACHE_ENV] = cache
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # Small programs too.
   config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
+
+
+def compile_this_process_fast():
+  """FAST_COMPILE_FLAGS for the programs this process (a process that runs tests) compiles,
+  and not for the commands it starts: training, resuming and the two-process runs keep the
+  defaults (tests/debug_runs.py says why). XLA reads XLA_FLAGS once, at the first compile,
+  so the variable is restored right after it and the commands inherit the user's."""
+  import jax  # pylint: disable=import-outside-toplevel
+  original = os.environ.get("XLA_FLAGS")
+  os.environ["XLA_FLAGS"] = f"{original or ''} {FAST_COMPILE_FLAGS}".strip()
+  try:
+    jax.jit(lambda x: x + 1)(0)
+  finally:
+    if original is None:
+      del os.environ["XLA_FLAGS"]
+    else:
+      os.environ["XLA_FLAGS"] = original
 
 
 def pytest_sessionstart(session):
