@@ -56,8 +56,10 @@ train: setup
 TEST_WORKERS ?= 2
 # The suite starts ~70 Python processes: each would compile the project's modules anew
 # (0.5 s of CPU) where PYTHONDONTWRITEBYTECODE is set, so it is emptied for the tests.
+# The install and chromium's are made side by side (-j2): pip keeps one core busy, apt the other.
 test: export PYTHONDONTWRITEBYTECODE =
-test: setup browser-deps
+test:
+	@$(MAKE) --no-print-directory -j2 setup browser-deps
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 
 .PHONY: browser-deps
