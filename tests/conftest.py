@@ -8,6 +8,7 @@ import pathlib
 import shutil
 import subprocess
 import tempfile
+from unittest import mock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -74,10 +75,11 @@ FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expe
 
 
 def pytest_configure(config):
-  if not hasattr(config, "workerinput"):
+  is_worker = hasattr(config, "workerinput")
+  if not is_worker:
     _share_one_compilation_cache(config)
-  if not DEEP_TESTS and (hasattr(config, "workerinput")
-                         or not getattr(config.option, "numprocesses", None)):
+  runs_tests = is_worker or not getattr(config.option, "numprocesses", None)
+  if runs_tests and not DEEP_TESTS:
     compile_this_process_fast()
 
 
@@ -100,15 +102,9 @@ def compile_this_process_fast():
   defaults (tests/debug_runs.py says why). XLA reads XLA_FLAGS once, at the first compile,
   so the variable is restored right after it and the commands inherit the user's."""
   import jax  # pylint: disable=import-outside-toplevel
-  original = os.environ.get("XLA_FLAGS")
-  os.environ["XLA_FLAGS"] = f"{original or ''} {FAST_COMPILE_FLAGS}".strip()
-  try:
+  flags = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAGS}".strip()
+  with mock.patch.dict(os.environ, {"XLA_FLAGS": flags}):  # Restores (or removes) it after.
     jax.jit(lambda x: x + 1)(0)
-  finally:
-    if original is None:
-      del os.environ["XLA_FLAGS"]
-    else:
-      os.environ["XLA_FLAGS"] = original
 
 
 def pytest_sessionstart(session):

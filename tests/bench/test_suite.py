@@ -19,10 +19,6 @@ from cxr_jax.models import mobilenet
 
 from tests.conftest import FAST_COMPILE_FLAGS, REPO
 
-# The smoke run only checks that every measurement works, so it compiles as the tests' own
-# programs do (FAST_COMPILE_FLAGS); the grouped depthwise form (--ops=xla) compiles faster
-# than the shifted one.
-
 
 def _run_python(args: list[str], env_extra: dict | None = None, timeout: int = 240):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env_extra or {}))
@@ -32,6 +28,9 @@ def _run_python(args: list[str], env_extra: dict | None = None, timeout: int = 2
 
 
 def test_bench_tiny_run(tmp_path):
+  # Only checks that every measurement works, so it compiles as the tests' own programs do
+  # (FAST_COMPILE_FLAGS); the grouped depthwise form (--ops=xla) compiles faster than the
+  # shifted one.
   out = tmp_path / "benchmarking.json"
   proc = _run_python(
       ["-m", "cxr_jax.tools.bench", "--alphas=0.35", "--image_size=32", "--batch_size=2",
