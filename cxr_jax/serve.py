@@ -4,36 +4,43 @@
 
   GET  /              one page: upload JPEG, PNG or DICOM files, see each one's probability,
                       label at the operating point, out-of-distribution flag and Grad-CAM
+  GET  /static/...    the page's script and style (serve_static/, beside this module)
   POST /api/predict   multipart "files" -> {"results": [...]} (the same, as JSON)
   GET  /api/model     what model answers, and its thresholds
+  GET  /api/queue     how many requests score and wait now, and the queue's limits
 
 Files go through the project's one decoding path (`data.decode`) and `predict`'s scoring
 (`evaluation.predict.score_images`): the page says exactly what `predict` would write.
 Uploads over `max_upload_mb` and unreadable files get a clear error per file.
 
 What keeps one client from harming others (README.md, "Serving"): with a `token`, every
-route but the page itself needs `Authorization: Bearer <token>` (`check_exposure` refuses
-a host beyond loopback without one); a request's images may hold at most `max_megapixels`
-in all, read from their headers before anything is decoded; at most `max_concurrent`
-requests score at once, others get 503 with Retry-After. The page shows every string it
-receives as text, never as HTML.
+route but the page and its static files needs `Authorization: Bearer <token>`
+(`check_exposure` refuses a host beyond loopback without one); a request's images may hold
+at most `max_megapixels` in all, read from their headers before anything is decoded; at
+most `max_concurrent` requests score at once, up to `max_queue` more wait their turn (first
+come, first served) for at most `max_wait_s`, and others get 503 with Retry-After. The page
+shows every string it receives as text, never as HTML.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import collections
 import hmac
 import html
 import io
 import ipaddress
-import threading
+import os
+from typing import Annotated
 
 import matplotlib
 import numpy as np
 import pydicom
-from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
 from cxr_jax.data import decode
@@ -50,13 +57,93 @@ MAX_FILES = 32
 DEFAULT_MAX_MEGAPIXELS = MAX_FILES * 25
 # Scoring already uses every core; more requests at once only queue up in memory.
 DEFAULT_MAX_CONCURRENT = 2
+# Room for a team posting at the same moment; beyond it, 503 says when to come back instead
+# of letting requests, whose uploads wait in memory, pile up.
+DEFAULT_MAX_QUEUE = 16
+DEFAULT_MAX_WAIT_S = 60.0
 RETRY_AFTER_S = 5
+# The page, its script and its style: files inside the package, found from this module.
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve_static")
+# What a request may call itself, so that `GET /api/queue?ticket=` finds it in line.
+Ticket = Annotated[str, Query(max_length=64, description="Any name the client chose for its "
+                              "request, e.g. a random hex string.")]
+# The page runs only its own script and loads only its own files (Grad-CAMs are data: URLs).
+PAGE_POLICY = ("default-src 'self'; img-src 'self' data:; object-src 'none'; "
+               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 TOKEN_ENV = "CXR_JAX_TOKEN"
 MIN_TOKEN_LENGTH = 16
 
 
 class PixelLimitError(ValueError):
   """A request whose images hold more pixels than the server decodes for one request."""
+
+
+class Busy(Exception):
+  """No turn to score: the queue is full, or the wait ran past its limit."""
+
+
+class ScoringQueue:
+  """At most `max_concurrent` requests score at once; up to `max_queue` more wait their turn,
+  first come first served, each for at most `max_wait_s` seconds.
+
+  A waiting request is a future on the event loop, so it holds no thread and blocks
+  nothing. Every call comes from the one event loop that serves the app (uvicorn's).
+  """
+
+  def __init__(self, max_concurrent: int, max_queue: int, max_wait_s: float):
+    if max_concurrent < 1:
+      raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
+    if max_queue < 0:
+      raise ValueError(f"max_queue must be at least 0, got {max_queue}")
+    if not max_wait_s > 0:
+      raise ValueError(f"max_wait_s must be above 0, got {max_wait_s}")
+    self.max_concurrent, self.max_queue, self.max_wait_s = max_concurrent, max_queue, max_wait_s
+    self.scoring = 0
+    self._waiting: collections.deque[tuple[str, asyncio.Future]] = collections.deque()
+
+  def state(self, ticket: str = "") -> dict:
+    """Requests scoring and waiting now, the limits, and how many wait ahead of the request
+    that sent `ticket` ("ahead": None when it is not waiting)."""
+    ahead = next((i for i, (t, _) in enumerate(self._waiting) if ticket and t == ticket), None)
+    return {"scoring": self.scoring, "waiting": len(self._waiting), "ahead": ahead,
+            "max_concurrent": self.max_concurrent, "max_queue": self.max_queue,
+            "max_wait_s": self.max_wait_s}
+
+  async def acquire(self, ticket: str = "") -> None:
+    """Takes a turn to score, at once or after waiting in line; Busy when none comes."""
+    if self.scoring < self.max_concurrent:  # A free turn: no one waits (release hands on).
+      self.scoring += 1
+      return
+    if len(self._waiting) >= self.max_queue:
+      raise Busy(f"The queue is full: {len(self._waiting)} request(s) waiting and "
+                 f"{self.scoring} scoring. Try again in {RETRY_AFTER_S} s.")
+    entry = (ticket, asyncio.get_running_loop().create_future())
+    self._waiting.append(entry)
+    try:
+      await asyncio.wait_for(entry[1], self.max_wait_s)
+    except TimeoutError:
+      self._leave(entry)
+      raise Busy(f"No turn to score came within {self.max_wait_s:g} s, the longest a "
+                 f"request waits: the server is busy. Try again in {RETRY_AFTER_S} s.") from None
+    except asyncio.CancelledError:  # The client went away.
+      self._leave(entry)
+      raise
+
+  def _leave(self, entry: tuple[str, asyncio.Future]) -> None:
+    """Takes a request out of line; a turn handed to it just as it left passes on."""
+    if entry[1].done() and not entry[1].cancelled():
+      self.release()
+    elif entry in self._waiting:
+      self._waiting.remove(entry)
+
+  def release(self) -> None:
+    """Ends a turn: the request that has waited longest takes it over."""
+    while self._waiting:
+      _, future = self._waiting.popleft()
+      if not future.done():
+        future.set_result(None)
+        return
+    self.scoring -= 1
 
 
 def is_loopback(host: str) -> bool:
@@ -195,182 +282,97 @@ class Scorer:
     return {"results": rows, "folder_test": _folder_json(scored["folder_test"])}
 
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>cxr_jax: chest X-ray scoring</title>
-<style>
- body {font-family: system-ui, sans-serif; margin: 2em; max-width: 1100px; color: #222}
- .card {border: 1px solid #ccc; border-radius: 8px; padding: 1em; margin: 0.7em 0;
-        display: flex; gap: 1.2em; align-items: flex-start}
- .card img {width: 260px; border-radius: 4px}
- .PNEUMONIA {color: #b00020; font-weight: bold} .NORMAL {color: #006400; font-weight: bold}
- .OUT_OF_DISTRIBUTION {color: #8a5a00; font-weight: bold} .error {color: #b00020}
- small {color: #555}
-</style></head><body>
-<h1>Pediatric chest X-ray: NORMAL or PNEUMONIA</h1>
-<p><small>Model <b id="model"></b>. Research use only, not a diagnosis. Images unlike the
-training data (children aged 1-5, one hospital) are flagged and get no label.</small></p>
-<p id="auth" hidden>This server needs its access token:
- <input id="token" type="password" autocomplete="off" aria-label="Access token">
- <button id="use-token" type="button">Use</button></p>
-<form id="form"><input id="files" type="file" name="files" multiple
- accept=".jpg,.jpeg,.png,.dcm,.dicom,.bmp,.tif,.tiff,application/dicom">
-<button id="submit" type="submit">Score</button></form>
-<p><small>__LIMITS__</small></p>
-<div id="status"></div><div id="results"></div>
-<script>
-// The access token, if the server has one: from the address's fragment (#token=...,
-// which browsers never send, so it stays out of server logs) or typed in; kept per tab.
-const KEY = 'cxr_jax_token';
-function tokenFromAddress() {
-  const fragment = new URLSearchParams(location.hash.slice(1));
-  if (!fragment.has('token')) return false;
-  sessionStorage.setItem(KEY, fragment.get('token'));
-  history.replaceState(null, '', location.pathname + location.search);
-  return true;
-}
-tokenFromAddress();
-window.addEventListener('hashchange', () => { if (tokenFromAddress()) loadModel(); });
-function api(path, options = {}) {
-  const token = sessionStorage.getItem(KEY);
-  return fetch(path, {...options, headers: token ? {Authorization: 'Bearer ' + token} : {}});
-}
-// Every string from the server or a file name goes in as text, never as HTML.
-function add(parent, tag, text, className) {
-  const node = parent.appendChild(document.createElement(tag));
-  if (text !== undefined) node.textContent = text;
-  if (className) node.className = className;
-  return node;
-}
-async function reply(response) {  // The JSON body, or the raw text as its detail.
-  const text = await response.text();
-  try { return JSON.parse(text); } catch (e) { return {detail: text || response.statusText}; }
-}
-function problem(response, body) {
-  if (response.status === 401) document.getElementById('auth').hidden = false;
-  const detail = typeof body.detail === 'string' ? body.detail : JSON.stringify(body.detail);
-  const status = document.getElementById('status');
-  status.replaceChildren();
-  add(status, 'p', `Error ${response.status}: ${detail}`, 'error');
-}
-async function loadModel() {
-  const response = await api('api/model');
-  const m = await reply(response);
-  if (!response.ok) return problem(response, m);
-  document.getElementById('auth').hidden = true;
-  document.getElementById('status').replaceChildren();
-  document.getElementById('model').textContent =
-    `${m.name || m.model} (operating point ${m.operating_point}, ` +
-    `threshold ${m.threshold.toFixed(3)})`;
-}
-document.getElementById('use-token').addEventListener('click', () => {
-  sessionStorage.setItem(KEY, document.getElementById('token').value);
-  loadModel();
-});
-function card(r) {
-  const node = document.createElement('div');
-  node.className = 'card';
-  if (r.gradcam_png) {
-    const img = add(node, 'img');
-    img.alt = `Grad-CAM of ${r.file}`;
-    img.src = `data:image/png;base64,${r.gradcam_png}`;
-  }
-  const text = add(node, 'div');
-  add(text, 'b', r.file);
-  if (r.error) {
-    add(text, 'p', `Unreadable: ${r.error}`, 'error');
-    return node;
-  }
-  add(text, 'p', r.label, r.label);
-  add(text, 'p', `P(pneumonia) = ${r.probability.toFixed(3)} ` +
-      `(threshold ${r.threshold.toFixed(3)})`);
-  add(text, 'p', `Out-of-distribution score ${r.ood_score.toPrecision(3)}: ` + (r.in_distribution
-      ? 'like the training images' : 'UNLIKE the training images: no diagnosis'));
-  return node;
-}
-document.getElementById('form').addEventListener('submit', async (e) => {
-  e.preventDefault();
-  const data = new FormData();
-  for (const f of document.getElementById('files').files) data.append('files', f);
-  const status = document.getElementById('status'), out = document.getElementById('results');
-  status.textContent = 'Scoring...';
-  out.replaceChildren();
-  const response = await api('api/predict', {method: 'POST', body: data});
-  const body = await reply(response);
-  if (!response.ok) return problem(response, body);
-  status.textContent = `${body.results.length} file(s) scored.`;
-  const folder = body.folder_test;  // Several files: the folder-level verdict, as text.
-  if (folder) add(out, 'p', folder.summary, folder.shifted ? 'error' : '');
-  for (const r of body.results) out.appendChild(card(r));
-});
-loadModel();
-</script></body></html>
-"""
-
-
 def _refusal(status: int, detail: str, headers: dict | None = None) -> JSONResponse:
   return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
+def _page_html(max_upload_mb: float, max_megapixels: float) -> str:
+  """index.html with the upload limits written in: the page shows them before any token."""
+  with open(os.path.join(STATIC_DIR, "index.html"), encoding="utf-8") as f:
+    return f.read().replace("__LIMITS__", html.escape(
+        f"Up to {MAX_FILES} files per request, {max_upload_mb:g} MB each and "
+        f"{max_megapixels:g} megapixels in all."))
+
+
+def _is_public(path: str) -> bool:
+  """The page and its static files: they hold no data, and load before any token is known."""
+  return path == "/" or path.startswith("/static/")
+
+
+async def _read_uploads(files: list[UploadFile], limit: int, max_upload_mb: float,
+                        max_megapixels: float) -> list[tuple[str, bytes]]:
+  """(name, bytes) per file; HTTPException 413 for too many files, bytes or pixels."""
+  if len(files) > MAX_FILES:
+    raise HTTPException(413, f"At most {MAX_FILES} files per request; got {len(files)}.")
+  uploads = []
+  for f in files:
+    data = await f.read(limit + 1)
+    if len(data) > limit:
+      raise HTTPException(413, f"{f.filename} is over the {max_upload_mb:g} MB limit.")
+    uploads.append((f.filename or "upload", data))
+  try:
+    check_pixels(uploads, max_megapixels)
+  except PixelLimitError as e:
+    raise HTTPException(413, str(e)) from None
+  return uploads
+
+
 def create_app(workdir: str, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, scorer=None,
                token: str | None = None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
-               max_concurrent: int = DEFAULT_MAX_CONCURRENT):
+               max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+               max_queue: int = DEFAULT_MAX_QUEUE, max_wait_s: float = DEFAULT_MAX_WAIT_S):
   """The FastAPI application (scorer: a ready Scorer, e.g. shared by tests).
 
-  token: when set, every route but the page needs `Authorization: Bearer <token>`.
+  token: when set, every route but the page and its static files needs
+  `Authorization: Bearer <token>`.
   """
   check_token(token)
-  if max_concurrent < 1:
-    raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
+  queue = ScoringQueue(max_concurrent, max_queue, max_wait_s)
   scorer = scorer or Scorer(workdir)
   limit = int(max_upload_mb * 1024 * 1024)
-  slots = threading.BoundedSemaphore(max_concurrent)
-  page_html = PAGE.replace("__LIMITS__", html.escape(
-      f"Up to {MAX_FILES} files per request, {max_upload_mb:g} MB each and "
-      f"{max_megapixels:g} megapixels in all."))
+  page_html = _page_html(max_upload_mb, max_megapixels)
   app = FastAPI(title="cxr_jax", docs_url="/api/docs")
+  app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
   @app.middleware("http")
   async def guard(request: Request, call_next):
     # Before the body is parsed: a refused upload costs nothing to read.
-    if (token and request.url.path != "/"
+    if (token and not _is_public(request.url.path)
         and not _authorised(request.headers.get("authorization", ""), token)):
       return _refusal(401, "Missing or wrong access token: send the header "
                       "'Authorization: Bearer <token>'.", {"WWW-Authenticate": "Bearer"})
     length = int(request.headers.get("content-length") or 0)
     if length > limit * MAX_FILES:
       return _refusal(413, f"Upload of {length / 1e6:.1f} MB is over the limit.")
-    return await call_next(request)
+    response = await call_next(request)
+    if _is_public(request.url.path):  # Asked again each time: a new version shows at once.
+      response.headers["Cache-Control"] = "no-cache"
+    return response
 
   @app.get("/", response_class=HTMLResponse)
   def page():
-    return page_html
+    return HTMLResponse(page_html, headers={"Content-Security-Policy": PAGE_POLICY})
 
   @app.get("/api/model")
   def model():
     return scorer.info()
 
+  @app.get("/api/queue")
+  async def queue_state(ticket: Ticket = ""):  # On the event loop, where the queue changes.
+    return queue.state(ticket)
+
   @app.post("/api/predict")
-  async def predict_endpoint(files: list[UploadFile] = File(...), gradcam: bool = True):
-    if len(files) > MAX_FILES:
-      raise HTTPException(413, f"At most {MAX_FILES} files per request; got {len(files)}.")
-    uploads = []
-    for f in files:
-      data = await f.read(limit + 1)
-      if len(data) > limit:
-        raise HTTPException(413, f"{f.filename} is over the {max_upload_mb:g} MB limit.")
-      uploads.append((f.filename or "upload", data))
+  async def predict_endpoint(files: list[UploadFile] = File(...), gradcam: bool = True,
+                             ticket: Ticket = ""):
+    uploads = await _read_uploads(files, limit, max_upload_mb, max_megapixels)
     try:
-      check_pixels(uploads, max_megapixels)
-    except PixelLimitError as e:
-      raise HTTPException(413, str(e)) from None
-    if not slots.acquire(blocking=False):
-      raise HTTPException(503, f"The server is already scoring {max_concurrent} request(s): "
-                          f"try again in {RETRY_AFTER_S} s.",
-                          headers={"Retry-After": str(RETRY_AFTER_S)})
+      await queue.acquire(ticket)
+    except Busy as e:
+      raise HTTPException(503, str(e), headers={"Retry-After": str(RETRY_AFTER_S)}) from None
     try:
-      # In a worker thread: the page and /api/model keep answering while a batch scores.
+      # In a worker thread: the page and the other routes keep answering while a batch scores.
       return await run_in_threadpool(scorer.score, uploads, gradcam)
     finally:
-      slots.release()
+      queue.release()
 
   return app

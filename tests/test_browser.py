@@ -3,11 +3,12 @@
 Every string from the server or from a file name must reach the page as text: files named
 as HTML are uploaded through the page's own form, and no element they describe may appear.
 The server runs in this process on loopback, with an access token the page gets from the
-address's fragment or from its token field.
+address's fragment or from its token field. A request that waits for its turn says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -20,7 +21,7 @@ import pytest
 from PIL import Image
 
 from cxr_jax import serve
-from tests.test_serve import TOKEN, debug_scorer
+from tests.test_serve import FILES, TOKEN, BlockedScorer, debug_scorer
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 pytestmark = pytest.mark.skipif(
@@ -35,12 +36,10 @@ BROKEN_NAME = "<svg id=injected onload=alert(2)>.png"
 HUGE_NAME = "<img src=x id=injected onerror=alert(3)> huge.png"
 
 
-@pytest.fixture(scope="module")
-def url(tmp_path_factory, chest_xray_dir):
-  """The page's address, served by uvicorn in a thread (pixel cap 2 MP, so HUGE_NAME hits it)."""
+@contextlib.contextmanager
+def _serving(app):
+  """The app's address, served by uvicorn in a thread on a free loopback port."""
   import uvicorn  # pylint: disable=C0415
-  scorer = debug_scorer(tmp_path_factory, chest_xray_dir)
-  app = serve.create_app(scorer.workdir, scorer=scorer, token=TOKEN, max_megapixels=2)
   sock = socket.socket()
   sock.bind(("127.0.0.1", 0))
   server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -50,10 +49,21 @@ def url(tmp_path_factory, chest_xray_dir):
   while not server.started:
     assert time.time() < deadline and thread.is_alive(), "the server did not start"
     time.sleep(0.05)
-  yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
-  server.should_exit = True
-  thread.join(30)
-  sock.close()
+  try:
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+  finally:
+    server.should_exit = True
+    thread.join(30)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory, chest_xray_dir):
+  """The page's address (pixel cap 2 MP, so HUGE_NAME hits it)."""
+  scorer = debug_scorer(tmp_path_factory, chest_xray_dir)
+  with _serving(serve.create_app(scorer.workdir, scorer=scorer, token=TOKEN,
+                                 max_megapixels=2)) as address:
+    yield address
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +99,8 @@ def _upload(driver, *paths) -> None:
   from selenium.webdriver.common.by import By  # pylint: disable=C0415
   driver.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in paths))
   driver.find_element(By.ID, "submit").click()
-  _wait(driver, lambda d: d.find_element(By.ID, "status").text not in ("", "Scoring..."))
+  _wait(driver, lambda d: d.find_element(By.ID, "status").text not in ("", "Scoring...")
+        and not d.find_element(By.ID, "status").text.startswith("Queued:"))
 
 
 def _assert_nothing_injected(driver) -> None:
@@ -135,3 +146,40 @@ def test_file_names_and_errors_from_the_server_show_as_text(driver, url, uploads
   assert driver.find_element(By.ID, "status").text == (
       f"Error 413: {HUGE_NAME} has 3.0 megapixels, over the limit of 2 megapixels per request.")
   _assert_nothing_injected(driver)
+
+
+class _QueuedScorer(BlockedScorer):
+  """Holds every request until released, then answers as the real Scorer would."""
+
+  def info(self) -> dict:
+    return {"model": "blocked", "operating_point": "0.5", "threshold": 0.5}
+
+  def score(self, uploads, gradcam=True):
+    super().score(uploads, gradcam)
+    return {"folder_test": None, "results": [
+        {"file": name, "label": "NORMAL", "probability": 0.1, "threshold": 0.5,
+         "ood_score": 1.0, "in_distribution": True} for name, _ in uploads]}
+
+
+def test_a_queued_request_says_so_then_gets_its_answer(driver, tmp_path):
+  import httpx  # pylint: disable=C0415
+  from selenium.webdriver.common.by import By  # pylint: disable=C0415
+  blocked, first = _QueuedScorer(), {}
+  (tmp_path / "x.png").write_bytes(FILES[0][1][1])
+  with _serving(serve.create_app("unused", scorer=blocked, max_concurrent=1)) as address:
+    thread = threading.Thread(target=lambda: first.update(r=httpx.post(
+        address + "api/predict", files=FILES, timeout=60)))
+    thread.start()
+    try:
+      assert blocked.started.wait(60)
+      driver.get(address)
+      driver.find_element(By.ID, "files").send_keys(str(tmp_path / "x.png"))
+      driver.find_element(By.ID, "submit").click()
+      _wait(driver, lambda d: d.find_element(By.ID, "status").text == (
+          "Queued: 0 request(s) ahead of this one and 1 scoring; it waits at most 60 s."), 60)
+    finally:
+      blocked.release.set()
+      thread.join(60)
+    _wait(driver, lambda d: d.find_element(By.ID, "status").text == "1 file(s) scored.", 60)
+    assert first["r"].status_code == 200
+    assert driver.find_element(By.CSS_SELECTOR, "#results .card p").text == "NORMAL"

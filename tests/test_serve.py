@@ -2,20 +2,27 @@
 
 Also what keeps the server safe off localhost: the access token on every API route, the
 refusal to listen beyond loopback without one, the per-request pixel cap read from
-headers, and 503 once every scoring slot is taken.
+headers, and the queue of requests waiting to score (503 only once it is full or a wait
+runs too long).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import os
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from cxr_jax import serve
+from tests.conftest import REPO
 from tests.data.test_dicom import _dicom
 from tests.report.test_report import train_debug_workdirs
 
@@ -66,9 +73,30 @@ def test_page_and_model_info(client):
 
 
 def test_page_puts_no_data_in_as_html(client):
-  script = client.get("/").text.split("<script>")[1]
-  assert "innerHTML" not in script and "insertAdjacentHTML" not in script
-  assert "textContent" in script
+  page = client.get("/")
+  # No inline script, and the page's policy lets none run: only static/page.js does.
+  assert "<script>" not in page.text and '<script src="static/page.js">' in page.text
+  assert page.headers["content-security-policy"].startswith("default-src 'self';")
+  script = client.get("/static/page.js")
+  assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+  for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+    assert sink not in script.text
+  assert "textContent" in script.text
+
+
+def test_the_page_files_ship_inside_the_package():
+  assert os.path.dirname(serve.STATIC_DIR) == os.path.dirname(serve.__file__)
+  names = sorted(os.listdir(serve.STATIC_DIR))
+  assert names == ["index.html", "page.css", "page.js"]
+  try:  # Exit status 1: git ignores none of them, so a clone has them.
+    ignored = subprocess.run(["git", "check-ignore", *(os.path.join(serve.STATIC_DIR, n)
+                                                        for n in names)],
+                             cwd=REPO, capture_output=True, text=True, timeout=60)
+  except OSError:
+    pytest.skip("no git")
+  if ignored.returncode == 128:
+    pytest.skip("not a git checkout")
+  assert ignored.returncode == 1, ignored.stdout
 
 
 def test_predict_scores_each_file_and_reports_unreadable_ones(client, chest_xray_dir):
@@ -130,7 +158,10 @@ def test_the_right_token_is_accepted_on_every_api_route(guarded, method, path):
 
 def test_the_page_itself_needs_no_token(guarded):
   # It holds no data; its script sends the token the user gives it with every API call.
-  assert guarded.get("/").status_code == 200
+  for path in ("/", "/static/page.js", "/static/page.css"):
+    response = guarded.get(path)
+    assert response.status_code == 200 and response.headers["cache-control"] == "no-cache"
+  assert guarded.get("/api/queue").status_code == 401
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "[::1]", "localhost"])
@@ -155,8 +186,6 @@ def test_short_tokens_are_refused():
 
 
 def test_serve_command_refuses_a_public_host_without_a_token(tmp_path):
-  import os, subprocess, sys  # pylint: disable=C0415,C0410
-  from tests.conftest import REPO  # pylint: disable=C0415
   env = {k: v for k, v in os.environ.items() if k != serve.TOKEN_ENV}
   proc = subprocess.run([sys.executable, "-m", "cxr_jax.tools.serve",
                          f"--workdir={tmp_path}", "--host=0.0.0.0"], cwd=REPO, env=env,
@@ -201,7 +230,10 @@ def test_dicom_over_the_pixel_cap_is_refused(capped):
   assert response.status_code == 413 and response.json()["detail"].startswith("big.dcm has 1.1")
 
 
-class _BlockedScorer:
+FILES = [("files", ("x.png", _blank_png(8, 8), "image/png"))]
+
+
+class BlockedScorer:
   """Holds every request in `score` until released."""
 
   def __init__(self):
@@ -217,34 +249,151 @@ class _BlockedScorer:
     return {"results": [{"file": name} for name, _ in uploads], "folder_test": None}
 
 
-def test_full_scoring_slots_answer_503_with_retry_after():
-  blocked = _BlockedScorer()
-  client = _client(serve.create_app("unused", scorer=blocked, max_concurrent=1))
-  files = [("files", ("x.png", _blank_png(8, 8), "image/png"))]
-  first = {}
-  thread = threading.Thread(target=lambda: first.update(r=client.post("/api/predict",
-                                                                      files=files)))
+class _SlowScorer(BlockedScorer):
+  """Takes `seconds` per request, and counts how many it scored at once at most."""
+
+  def __init__(self, seconds: float):
+    super().__init__()
+    self.release.set()
+    self.seconds, self.now, self.most = seconds, 0, 0
+    self.lock = threading.Lock()
+
+  def score(self, uploads, gradcam=True):
+    with self.lock:
+      self.now += 1
+      self.most = max(self.most, self.now)
+    time.sleep(self.seconds)
+    with self.lock:
+      self.now -= 1
+    return super().score(uploads, gradcam)
+
+
+def _post_in_background(client, out: dict, name: str, **params) -> threading.Thread:
+  """POSTs FILES from a thread; its response lands in out[name]."""
+  def post():
+    out[name] = client.post("/api/predict", files=FILES, params=params)
+  thread = threading.Thread(target=post)
   thread.start()
-  try:
-    assert blocked.started.wait(60)
-    busy = client.post("/api/predict", files=files)
-    assert busy.status_code == 503 and busy.headers["retry-after"] == "5"
-    assert busy.json()["detail"] == ("The server is already scoring 1 request(s): "
-                                     "try again in 5 s.")
-    # Scoring runs off the event loop: other routes answer meanwhile.
-    assert client.get("/api/model").json() == {"model": "blocked"}
-  finally:
-    blocked.release.set()
+  return thread
+
+
+def _post_together(client, n: int) -> list:
+  """n POSTs of FILES, let go at the same moment from n threads; their responses."""
+  barrier, out = threading.Barrier(n), {}
+  def post(i):
+    barrier.wait()
+    out[i] = client.post("/api/predict", files=FILES)
+  threads = [threading.Thread(target=post, args=(i,)) for i in range(n)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
     thread.join(60)
-  assert first["r"].status_code == 200
-  assert client.post("/api/predict", files=files).json() == {"results": [{"file": "x.png"}],
-                                                             "folder_test": None}
+  return [out.get(i) for i in range(n)]
+
+
+def _until(condition, seconds: float = 60) -> None:
+  deadline = time.time() + seconds
+  while not condition():
+    assert time.time() < deadline, "timed out"
+    time.sleep(0.02)
+
+
+def _queue_app(scorer, **limits):
+  # One event loop for every request (as under uvicorn): the queue's waiting lives on it.
+  return _client(serve.create_app("unused", scorer=scorer, **limits))
+
+
+def test_simultaneous_requests_wait_their_turn_instead_of_503():
+  slow = _SlowScorer(0.3)
+  with _queue_app(slow) as client:
+    responses = _post_together(client, 8)
+    assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses]
+    assert slow.most == serve.DEFAULT_MAX_CONCURRENT  # They overlapped, up to the limit.
+    assert client.get("/api/queue").json() == {
+        "scoring": 0, "waiting": 0, "ahead": None, "max_concurrent": 2, "max_queue": 16,
+        "max_wait_s": 60.0}
+
+
+def test_a_full_queue_answers_503_with_retry_after():
+  blocked, out = BlockedScorer(), {}
+  with _queue_app(blocked, max_concurrent=1, max_queue=1) as client:
+    threads = [_post_in_background(client, out, "first")]
+    try:
+      assert blocked.started.wait(60)
+      threads.append(_post_in_background(client, out, "second", ticket="second"))
+      _until(lambda: client.get("/api/queue?ticket=second").json()["ahead"] == 0)
+      assert client.get("/api/queue").json()["scoring"] == 1
+      busy = client.post("/api/predict", files=FILES)
+      assert busy.status_code == 503 and busy.headers["retry-after"] == "5"
+      assert busy.json()["detail"] == ("The queue is full: 1 request(s) waiting and 1 "
+                                       "scoring. Try again in 5 s.")
+      # Scoring runs in a worker thread and waiting holds no thread: other routes answer.
+      assert client.get("/api/model").json() == {"model": "blocked"}
+    finally:
+      blocked.release.set()
+      for thread in threads:
+        thread.join(60)
+    assert out["first"].status_code == out["second"].status_code == 200
+    assert out["second"].json() == {"results": [{"file": "x.png"}], "folder_test": None}
+
+
+def test_a_wait_past_max_wait_s_answers_503():
+  blocked, out = BlockedScorer(), {}
+  with _queue_app(blocked, max_concurrent=1, max_wait_s=0.3) as client:
+    thread = _post_in_background(client, out, "first")
+    try:
+      assert blocked.started.wait(60)
+      late = client.post("/api/predict", files=FILES)
+      assert late.status_code == 503 and late.headers["retry-after"] == "5"
+      assert late.json()["detail"] == ("No turn to score came within 0.3 s, the longest a "
+                                       "request waits: the server is busy. Try again in 5 s.")
+      assert client.get("/api/queue").json()["waiting"] == 0  # It left the line.
+    finally:
+      blocked.release.set()
+      thread.join(60)
+    assert out["first"].status_code == 200
+    assert client.post("/api/predict", files=FILES).status_code == 200  # No turn was lost.
+    assert client.get("/api/queue").json()["scoring"] == 0
+
+
+def test_the_queue_serves_in_order_of_arrival_and_drops_who_left():
+  async def run():
+    queue = serve.ScoringQueue(max_concurrent=1, max_queue=3, max_wait_s=60)
+    await queue.acquire()
+    served = []
+    async def wait(name):
+      await queue.acquire(name)
+      served.append(name)
+    tasks = {name: asyncio.create_task(wait(name)) for name in "abc"}
+    await asyncio.sleep(0.05)
+    assert [queue.state(name)["ahead"] for name in "abc"] == [0, 1, 2]
+    tasks["b"].cancel()  # Its client went away.
+    await asyncio.sleep(0.05)
+    assert queue.state("c")["ahead"] == 1 and queue.state("b")["ahead"] is None
+    for expected in (["a"], ["a", "c"]):
+      queue.release()
+      await asyncio.sleep(0.05)
+      assert served == expected and queue.state()["scoring"] == 1
+    queue.release()
+    assert queue.state()["scoring"] == queue.state()["waiting"] == 0
+  asyncio.run(run())
+
+
+@pytest.mark.parametrize("limits,message", [
+    ({"max_concurrent": 0}, "max_concurrent must be at least 1, got 0"),
+    ({"max_queue": -1}, "max_queue must be at least 0, got -1"),
+    ({"max_wait_s": 0}, "max_wait_s must be above 0, got 0")])
+def test_queue_limits_out_of_range_are_refused(limits, message):
+  with pytest.raises(ValueError, match=message):
+    serve.create_app("unused", scorer=BlockedScorer(), **limits)
 
 
 def test_server_binds_to_localhost_by_default():
-  import subprocess, sys  # pylint: disable=C0415,C0410
-  from tests.conftest import REPO  # pylint: disable=C0415
   proc = subprocess.run([sys.executable, "-m", "cxr_jax.tools.serve", "--helpfull"], cwd=REPO,
                         capture_output=True, text=True, timeout=120)
   assert "--host: Address to listen on (localhost by default).\n    (default: '127.0.0.1')" \
       in proc.stdout
+  # The queue's flags, with the library's defaults.
+  assert "--max_queue: Requests that may wait for a turn to score" in proc.stdout
+  assert "(default: '16')" in proc.stdout.split("--max_queue:")[1].split("--")[0]
+  assert "(default: '60.0')" in proc.stdout.split("--max_wait_s:")[1].split("--")[0]

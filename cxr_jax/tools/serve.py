@@ -6,7 +6,8 @@
     python -m cxr_jax.tools.serve --workdir=... --host=0.0.0.0            # other machines too
 
 Bound to 127.0.0.1 unless --host says otherwise; any other address needs an access token
-(README.md, "Serving"). Uploads over --max_upload_mb or --max_megapixels are refused.
+(README.md, "Serving"). Uploads over --max_upload_mb or --max_megapixels are refused;
+--max_concurrent requests score at once and up to --max_queue more wait their turn.
 """
 
 from cxr_jax.tools import malloc_tuning
@@ -29,7 +30,13 @@ flags.DEFINE_float("max_upload_mb", serve.DEFAULT_MAX_UPLOAD_MB, "Largest file a
 flags.DEFINE_float("max_megapixels", serve.DEFAULT_MAX_MEGAPIXELS,
                    "Most pixels one request's images may hold in all (read from headers).")
 flags.DEFINE_integer("max_concurrent", serve.DEFAULT_MAX_CONCURRENT,
-                     "Requests scored at once; more get 503 with Retry-After.")
+                     "Requests scored at once; more wait in the queue (--max_queue).")
+flags.DEFINE_integer("max_queue", serve.DEFAULT_MAX_QUEUE,
+                     "Requests that may wait for a turn to score, first come first served; "
+                     "once it is full, more get 503 with Retry-After at once.")
+flags.DEFINE_float("max_wait_s", serve.DEFAULT_MAX_WAIT_S,
+                   "Longest a queued request waits for its turn (seconds); then it gets 503 "
+                   "with Retry-After.")
 FLAGS = flags.FLAGS
 
 
@@ -40,7 +47,8 @@ def main(argv):
   import uvicorn  # pylint: disable=g-import-not-at-top
   application = serve.create_app(FLAGS.workdir, FLAGS.max_upload_mb, token=token,
                                  max_megapixels=FLAGS.max_megapixels,
-                                 max_concurrent=FLAGS.max_concurrent)
+                                 max_concurrent=FLAGS.max_concurrent,
+                                 max_queue=FLAGS.max_queue, max_wait_s=FLAGS.max_wait_s)
   print(f"Serving {FLAGS.workdir} on http://{FLAGS.host}:{FLAGS.port}/"
         f"{' (access token required)' if token else ''} (Ctrl-C stops)", flush=True)
   uvicorn.run(application, host=FLAGS.host, port=FLAGS.port, log_level="warning")
