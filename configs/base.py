@@ -51,6 +51,9 @@ def get_config():
   config.augment.horizontal_flip = False
   config.augment.border_gain = 1.0
   config.augment.resample_prob = 0.0
+  # RandAugment-style: operations drawn per image, and their range (data/augment.py).
+  config.augment.policy_ops = 0
+  config.augment.policy_magnitude = 0.0
 
   config.model = ml_collections.ConfigDict()
   config.model.name = ""
@@ -62,6 +65,7 @@ def get_config():
   config.num_epochs = 20
   config.learning_rate = 1e-3
   config.warmup_epochs = 1.0
+  config.lr_end_factor = 0.01  # Each phase's cosine schedule ends at this fraction of its peak.
   config.weight_decay = 1e-4
   # "balanced" weighs each class by n_images / (2 * n_class) in the loss; "none" doesn't.
   config.class_weight = "balanced"
@@ -142,6 +146,30 @@ def _freeze_first(n_groups):
   return apply
 
 
+def _longer_fine_tune(config):
+  """25 fine-tuning epochs, cosine to zero, an EMA of the weights; no early stopping."""
+  if not config.get("phases"):
+    raise ValueError("Variant 'long' is for the two-phase (pretrained) configs.")
+  config.phases = [p if p.get("trainable") == "head" else dict(p, num_epochs=25)
+                   for p in config.phases]
+  config.lr_end_factor = 0.0
+  config.ema_decay = 0.998
+  config.early_stopping_patience = 25
+
+
+# Keras's alpha=1.0 ImageNet MobileNetV2 as found in weights/ (BatchNorm folded in).
+ALPHA1_WEIGHTS = "weights/mobilenet_v2_1.0_224_imagenet_bnfolded_dequant_from_int8_tflite.h5"
+
+
+def _alpha1(config):
+  """MobileNetV2 alpha 1.0; BatchNorm statistics measured on training images first."""
+  if config.model.name != "mobilenet_v2":
+    raise ValueError("Variant 'a1' is for the MobileNetV2 configs.")
+  config.model.alpha = 1.0
+  config.model.weights = ALPHA1_WEIGHTS
+  config.model.refit_batch_norm = True
+
+
 def _set(**values):
   def apply(config):
     for key, value in values.items():
@@ -170,6 +198,7 @@ VARIANTS = {
     "s128": _image_size(128),
     "s160": _image_size(160),
     "s192": _image_size(192),
+    "s224": _image_size(224),
     "blocked": _set(**{"data.split": "blocked"}),
     # Issue #20's invariance levers (docs/results.md): per-image histogram equalisation
     # or percentile windowing inside the model; each side's outer band darkened or
@@ -180,8 +209,14 @@ VARIANTS = {
     "border": _set(**{"augment.border_gain": 1.5}),
     "res": _set(**{"augment.resample_prob": 0.3}),
     # The stem and blocks 0-1 (every layer at half the input side) / also blocks 2-3.
+    "freeze0": _freeze_first(0),  # Every layer fine-tuned.
     "freeze3": _freeze_first(3),
     "freeze5": _freeze_first(5),
+    "noeq": _set(**{"model.intensity": "none"}),
+    # RandAugment-style: 2 of 8 intensity and geometry operations per image, half range.
+    "randaug": _set(**{"augment.policy_ops": 2, "augment.policy_magnitude": 0.5}),
+    "long": _longer_fine_tune,
+    "a1": _alpha1,
 }
 
 

@@ -62,6 +62,9 @@ def get_config(variant=""):
   config.model.weights_size = 224
   config.model.dropout_rate = 0.2
   config.model.bn_momentum = 0.99  # Keras's 0.999 lags the weights once BatchNorm trains.
+  # Measure BatchNorm statistics on training images before training (models/batch_norm.py):
+  # for weight files whose BatchNorm is folded into the convolutions (`:a1`).
+  config.model.refit_batch_norm = False
   config.batch_size = 32
   # Phase 1 trains only the new head, BatchNorm in inference mode, on backbone features
   # computed once (cached_features; no augmentation); phase 2 fine-tunes the head and the

@@ -11,16 +11,13 @@ only the head trains; add a phase (see configs/mobilenet.py) on faster hardware.
 from configs import base
 from configs import mobilenet
 
-APPROXIMATE_WEIGHTS = "weights/mobilenet_v2_1.0_224_imagenet_bnfolded_dequant_from_int8_tflite.h5"
-
-
 def get_config(variant=""):
   config = mobilenet.get_config("pre20")  # Its recipe was not part of issue #20's study.
   config.name = "mobilenet_v2_1.0"
   config.description = ("MobileNetV2 alpha 1.0, approximate ImageNet weights (int8 TFLite, BN "
                         "folded), head on the frozen backbone (224x224)")
   config.model.alpha = 1.0
-  config.model.weights = APPROXIMATE_WEIGHTS
+  config.model.weights = base.ALPHA1_WEIGHTS
   config.data.image_size = 224
   config.selection_metric = "f1"
   # The frozen-backbone head phase only.

@@ -98,7 +98,9 @@ _AUGMENT_RANGES = {"rotation_degrees": (0.0, 180.0), "shift_fraction": (0.0, 0.5
                    "zoom_fraction": (0.0, 0.9), "crop_scale_min": (0.05, 1.0),
                    "brightness": (0.0, 1.0), "contrast": (0.0, 1.0), "gamma": (1.0, 4.0),
                    "blur_sigma": (0.0, 3.0), "noise_std": (0.0, 0.5),
-                   "border_gain": (1.0, 4.0), "resample_prob": (0.0, 1.0)}
+                   "border_gain": (1.0, 4.0), "resample_prob": (0.0, 1.0),
+                   "policy_ops": (0, len(augment.POLICY_RANGES)),
+                   "policy_magnitude": (0.0, 1.0)}
 
 
 def _check_augment(config) -> None:
@@ -143,6 +145,7 @@ def _check_training(config) -> None:
   _number_in(config, "learning_rate", 0.0, 1.0, low_open=True)
   _number_in(config, "warmup_epochs", 0.0, 1000.0)
   _number_in(config, "weight_decay", 0.0, 1.0)
+  _number_in(config, "lr_end_factor", 0.0, 1.0)
   _one_of(config, "class_weight", CLASS_WEIGHTS)
   _int_at_least(config, "early_stopping_patience", 1)
   _int_at_least(config, "log_every_steps", 1)

@@ -50,6 +50,7 @@ from cxr_jax.evaluation import fit
 from cxr_jax.evaluation import inference
 from cxr_jax.evaluation import metrics as metrics_lib
 from cxr_jax.evaluation import predictor as predictor_lib
+from cxr_jax.models import batch_norm
 from cxr_jax.models import kinds
 from cxr_jax.models import pca_logreg
 
@@ -396,14 +397,25 @@ def _run_phase(run: Run, index: int, phase, variables: dict, resume_state: dict 
 # The whole run.
 
 
-def _initial_variables(model, config, sample_shape) -> dict:
+# Training images whose BatchNorm inputs `config.model.refit_batch_norm` measures.
+REFIT_IMAGES = 512
+
+
+def _initial_variables(model, config, train_images: np.ndarray) -> dict:
   rng = jax.random.PRNGKey(config.seed)
   init_rng, _ = jax.random.split(rng)
-  sample = jnp.zeros((1,) + sample_shape, jnp.float32)
+  sample = jnp.zeros((1,) + train_images.shape[1:], jnp.float32)
   variables = jax.jit(lambda r, x: model.init(r, x, train=False))(init_rng, sample)
   variables = flax.core.unfreeze(variables)
   variables.pop("intermediates", None)
-  return models.load_pretrained(model, config.model, variables)
+  variables = models.load_pretrained(model, config.model, variables)
+  if config.model.get("refit_batch_norm"):
+    every = max(1, len(train_images) // REFIT_IMAGES)
+    images = augment.to_float(train_images[::every][:REFIT_IMAGES])
+    variables = batch_norm.refit(model, variables, np.asarray(images), config.eval_batch_size)
+    logging.info("BatchNorm statistics measured on %d training images (function kept).",
+                 len(images))
+  return variables
 
 
 def _resume(run: Run) -> dict | None:
@@ -515,7 +527,7 @@ def _train_flax(kind: models.FlaxKind, config: ml_collections.ConfigDict, workdi
   mesh = sharding.data_mesh()
   if mesh.devices.size > 1:
     logging.info("Data parallel over %d %s devices.", mesh.devices.size, jax.default_backend())
-  variables = _initial_variables(model, config, train_data.images.shape[1:])
+  variables = _initial_variables(model, config, train_data.images)
   n = models.param_count(variables["params"])
   logging.info("Model %s: %s parameters.", type(model).__name__, f"{n:,}")
   loss_weights = steps.class_weights(train_data.labels, config.class_weight)

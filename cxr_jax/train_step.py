@@ -19,9 +19,6 @@ from flax.training import train_state
 
 from cxr_jax.data import augment
 
-END_LR_FACTOR = 0.01  # The cosine schedule decays to this fraction of the peak.
-
-
 class TrainState(train_state.TrainState):
   batch_stats: Any = None
   ema: Any = None  # {"params", "batch_stats"}: exponential moving average of the weights.
@@ -46,6 +43,7 @@ def phase_hparams(config, phase, steps_per_epoch: int, loss_weights) -> dict[str
   warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
   values = {
       "peak_lr": phase.learning_rate, "warmup_steps": warmup, "total_steps": total,
+      "end_lr_factor": config.lr_end_factor,
       "weight_decay": config.weight_decay,
       "label_smoothing": config.get("label_smoothing", 0.0),
       "mixup_prob": config.get("mixup_prob", 0.0),
@@ -58,12 +56,13 @@ def phase_hparams(config, phase, steps_per_epoch: int, loss_weights) -> dict[str
 
 
 def learning_rate(step, hp) -> jax.Array:
-  """Linear warmup to peak_lr, then cosine decay to END_LR_FACTOR * peak_lr at total_steps."""
+  """Linear warmup to peak_lr, then cosine decay to end_lr_factor * peak_lr at total_steps."""
   step = jnp.asarray(step, jnp.float32)
   warm = hp["warmup_steps"]
   warmup_lr = hp["peak_lr"] * step / jnp.maximum(warm, 1.0)
   progress = jnp.clip((step - warm) / jnp.maximum(hp["total_steps"] - warm, 1.0), 0.0, 1.0)
-  cosine = END_LR_FACTOR + (1 - END_LR_FACTOR) * 0.5 * (1 + jnp.cos(jnp.pi * progress))
+  end = hp["end_lr_factor"]
+  cosine = end + (1 - end) * 0.5 * (1 + jnp.cos(jnp.pi * progress))
   return jnp.where(step < warm, warmup_lr, hp["peak_lr"] * cosine)
 
 

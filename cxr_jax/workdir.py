@@ -159,6 +159,31 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   os.replace(tmp, path(workdir, CONFIG_FILE))
 
 
+# Config keys added after workdirs were first trained, with the value that reproduces what
+# those workdirs did (per model kind; "*": every kind that trains by gradient). A loaded
+# config gets each one it lacks, so the code reads one value whatever the config's age.
+ADDED_KEYS = {
+    "*": {"lr_end_factor": 0.01, "augment.policy_ops": 0, "augment.policy_magnitude": 0.0},
+    "mobilenet_v2": {"model.refit_batch_norm": False},
+}
+
+
+def with_added_keys(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with every ADDED_KEYS entry it lacks, at its old value (in place; returned)."""
+  kind = config.model.get("name")
+  if not models.get(kind).trains_by_gradient:
+    return config
+  for key, value in {**ADDED_KEYS["*"], **ADDED_KEYS.get(kind, {})}.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    if leaf not in node:
+      with node.unlocked():
+        node[leaf] = value
+  return config
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   file_path = path(workdir, CONFIG_FILE)
   if not os.path.exists(file_path):
@@ -166,9 +191,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
                             "workdir.")
   try:
     with open(file_path) as f:
-      return ml_collections.ConfigDict(json.load(f))
+      config = ml_collections.ConfigDict(json.load(f))
   except ValueError as e:
     raise ValueError(f"{file_path} is not valid JSON ({e}).") from None
+  return with_added_keys(config)
 
 
 def status(workdir: str) -> tuple[bool, str]:

@@ -5,6 +5,8 @@ random resized crop folded into the same map), bilinear, edge pixels repeated li
 Keras's fill_mode="nearest". Acquisition: the outer band of each side darkened or
 brightened (collimation, film borders), and down- then up-sampling (a coarser detector).
 Intensity: gamma, brightness and contrast jitter, Gaussian blur and Gaussian noise.
+Policy (RandAugment-style, Cubuk et al. 2020): each image also draws `policy_ops` of the
+POLICY_RANGES operations, whose range widens by `policy_magnitude` of the range listed.
 No horizontal flip by default: the heart sits on
 the patient's left, and a mirrored chest is not an image the model will meet.
 
@@ -34,7 +36,13 @@ STRENGTHS = {
                                # of the side) times g' with log g' uniform in [-log g, log g].
     "resample_prob": 0.0,      # Fraction of images down- then up-sampled by one of
                                # RESAMPLE_FACTORS, chosen uniformly.
+    "policy_ops": 0.0,         # Operations of POLICY_RANGES drawn per image (0: none).
+    "policy_magnitude": 0.0,   # Their range: this fraction (0 to 1) of POLICY_RANGES'.
 }
+# The policy's operations and their extra range at magnitude 1 (gamma: of log gamma).
+POLICY_RANGES = {"rotation_degrees": 30.0, "shift_fraction": 0.15, "zoom_fraction": 0.25,
+                 "brightness": 0.3, "contrast": 0.5, "gamma": 0.6931, "blur_sigma": 1.5,
+                 "noise_std": 0.05}
 _BLUR_RADIUS = 3  # Taps each side: enough for sigma <= ~1.5 px.
 BORDER_BAND = 0.12
 RESAMPLE_FACTORS = (0.75, 0.5, 0.375, 0.25)
@@ -89,14 +97,23 @@ def _affine_one(image, angle, shift_y, shift_x, zoom, flip):
   return _bilinear_sample(image, src_y, src_x)
 
 
-def _geometry(keys, batch: int, s: dict, flip_enabled: bool):
+def _policy(key, batch: int, s: dict) -> dict[str, jax.Array]:
+  """{operation: [B] extra range}: `policy_ops` operations per image, the rest 0."""
+  names = list(POLICY_RANGES)
+  draw = jax.random.uniform(key, (batch, len(names)))
+  rank = jnp.argsort(jnp.argsort(draw, axis=1), axis=1)
+  active = (rank < s["policy_ops"]).astype(jnp.float32) * s["policy_magnitude"]
+  return {name: active[:, i] * POLICY_RANGES[name] for i, name in enumerate(names)}
+
+
+def _geometry(keys, batch: int, s: dict, extra: dict, flip_enabled: bool):
   def uniform(key, limit):
     return jax.random.uniform(key, (batch,), minval=-1.0, maxval=1.0) * limit
 
-  angle = jnp.deg2rad(uniform(keys[0], s["rotation_degrees"]))
-  shift_y = uniform(keys[1], s["shift_fraction"])
-  shift_x = uniform(keys[2], s["shift_fraction"])
-  zoom = 1.0 + uniform(keys[3], s["zoom_fraction"])
+  angle = jnp.deg2rad(uniform(keys[0], s["rotation_degrees"] + extra["rotation_degrees"]))
+  shift_y = uniform(keys[1], s["shift_fraction"] + extra["shift_fraction"])
+  shift_x = uniform(keys[2], s["shift_fraction"] + extra["shift_fraction"])
+  zoom = 1.0 + uniform(keys[3], s["zoom_fraction"] + extra["zoom_fraction"])
   # Random resized crop: keep an area fraction a in [crop_scale_min, 1] (zoom in by
   # 1/sqrt(a)) at a random position inside the image.
   area = jax.random.uniform(keys[4], (batch,), minval=s["crop_scale_min"], maxval=1.0)
@@ -160,21 +177,24 @@ def _resample(keys, x: jax.Array, s: dict) -> jax.Array:
   return jax.lax.cond(s["resample_prob"] > 0, resample_some, lambda x: x, x)
 
 
-def _intensity(keys, x: jax.Array, s: dict) -> jax.Array:
+def _intensity(keys, x: jax.Array, s: dict, extra: dict) -> jax.Array:
   batch = x.shape[0]
 
-  def uniform(key, limit):
-    return jax.random.uniform(key, (batch, 1, 1, 1), minval=-1.0, maxval=1.0) * limit
+  def limit(name):
+    return (s[name] + extra[name])[..., None, None, None] if name in extra else s[name]
 
-  gamma = jnp.exp(uniform(keys[0], jnp.log(jnp.maximum(s["gamma"], 1.0))))
-  x = jnp.power(jnp.clip(x, 1e-6, 1.0), gamma)
-  brightness = uniform(keys[1], s["brightness"])
-  contrast = 1.0 + uniform(keys[2], s["contrast"])
+  def uniform(key, bound):
+    return jax.random.uniform(key, (batch, 1, 1, 1), minval=-1.0, maxval=1.0) * bound
+
+  log_gamma = jnp.log(jnp.maximum(s["gamma"], 1.0)) + extra["gamma"][:, None, None, None]
+  x = jnp.power(jnp.clip(x, 1e-6, 1.0), jnp.exp(uniform(keys[0], log_gamma)))
+  brightness = uniform(keys[1], limit("brightness"))
+  contrast = 1.0 + uniform(keys[2], limit("contrast"))
   mean = jnp.mean(x, axis=(1, 2, 3), keepdims=True)
   x = (x - mean) * contrast + mean + brightness
-  sigma = jax.random.uniform(keys[3], (batch,)) * s["blur_sigma"]
+  sigma = jax.random.uniform(keys[3], (batch,)) * (s["blur_sigma"] + extra["blur_sigma"])
   x = _blur(x, sigma)
-  noise_std = jax.random.uniform(keys[4], (batch, 1, 1, 1)) * s["noise_std"]
+  noise_std = jax.random.uniform(keys[4], (batch, 1, 1, 1)) * limit("noise_std")
   x = x + noise_std * jax.random.normal(keys[5], x.shape)
   return jnp.clip(x, 0.0, 1.0)
 
@@ -192,8 +212,11 @@ def augment(rng: jax.Array, images: jax.Array, s: dict, horizontal_flip: bool = 
   """
   x = to_float(images)
   geometry_keys, intensity_keys = jax.random.split(rng)
-  acquisition_keys = jax.random.fold_in(rng, 1)  # Keeps the streams of recipes before it.
-  geometry = _geometry(jax.random.split(geometry_keys, 8), x.shape[0], s, horizontal_flip)
+  # New streams by fold_in: recipes without them keep their random numbers.
+  acquisition_keys = jax.random.fold_in(rng, 1)
+  extra = _policy(jax.random.fold_in(rng, 2), x.shape[0], s)
+  geometry = _geometry(jax.random.split(geometry_keys, 8), x.shape[0], s, extra,
+                       horizontal_flip)
   x = jax.vmap(_affine_one)(x, *geometry)
   x = _acquisition(jax.random.split(acquisition_keys, 4), x, s)
-  return _intensity(jax.random.split(intensity_keys, 6), x, s)
+  return _intensity(jax.random.split(intensity_keys, 6), x, s, extra)

@@ -43,3 +43,29 @@ def test_resampling_blurs_the_chosen_fraction_and_keeps_the_rest():
   # Down- then up-sampling removes fine detail: less pixel-to-pixel variation than before.
   grad = lambda x: np.abs(np.diff(np.asarray(x)[..., 0], axis=2)).mean(axis=(1, 2))
   assert (grad(out)[resampled] < 0.8 * grad(augment.to_float(images))[resampled]).all()
+
+
+def test_policy_changes_each_image_by_its_own_drawn_operations():
+  """Only magnitude: identity. With one operation per image, an image whose operation is
+  geometric moves its pixels, one whose operation is an intensity change keeps its mean
+  layout; the policy's strengths widen what the base strengths do."""
+  images = _images(n=32)
+  plain = augment.to_float(images)
+  off = jax.jit(augment.augment)(jax.random.key(4), images,
+                                 _strengths(policy_ops=0.0, policy_magnitude=1.0))
+  np.testing.assert_allclose(off, plain, atol=1e-5)
+  on = np.asarray(jax.jit(augment.augment)(jax.random.key(4), images,
+                                           _strengths(policy_ops=1.0, policy_magnitude=1.0)))
+  changed = np.abs(on - np.asarray(plain)).mean(axis=(1, 2, 3)) > 1e-3
+  assert 0.75 < changed.mean() <= 1.0  # Each image draws one of 8 operations.
+  assert on.min() >= 0.0 and on.max() <= 1.0
+
+
+def test_policy_draws_exactly_policy_ops_operations_per_image():
+  s = _strengths(policy_ops=3.0, policy_magnitude=0.5)
+  extra = augment._policy(jax.random.key(5), 64, s)  # pylint: disable=protected-access
+  active = np.stack([np.asarray(v) > 0 for v in extra.values()], axis=1)
+  assert (active.sum(axis=1) == 3).all()
+  for name, value in extra.items():
+    assert np.allclose(np.asarray(value)[np.asarray(value) > 0],
+                       0.5 * augment.POLICY_RANGES[name])

@@ -1,0 +1,1 @@
+"""The lab: studies and benchmarks built on cxr_jax (the product never imports it)."""
