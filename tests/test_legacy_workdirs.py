@@ -1,0 +1,35 @@
+"""Workdirs trained before a change of the code's layout load and evaluate to the same JSON.
+
+tests/fixtures/workdirs_7395a89/ holds debug workdirs (cnn_v2, pca_logreg) trained at commit
+7395a89, compacted, with what `evaluate` wrote for them on test/ then. The same command now
+must write the same numbers (the workdir path aside).
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import CHEST_XRAY, REPO, require
+
+FIXTURES = REPO / "tests" / "fixtures" / "workdirs_7395a89"
+
+
+def _comparable(result: dict) -> dict:
+  return {k: v for k, v in result.items() if k != "workdir"}
+
+
+@pytest.mark.parametrize("kind", ["cnn_v2", "pca_logreg"])
+def test_an_old_workdir_evaluates_to_the_json_it_did(kind, tmp_path):
+  require(CHEST_XRAY)
+  workdir = tmp_path / kind
+  shutil.copytree(FIXTURES / kind, workdir)
+  output = tmp_path / "eval.json"
+  out = subprocess.run([sys.executable, "-m", "cxr_jax.tools.evaluate", f"--workdir={workdir}",
+                        "--data_dir=data/chest_xray/test", f"--output={output}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  before = json.loads((FIXTURES / f"{kind}_eval_test.json").read_text())
+  assert _comparable(json.loads(output.read_text())) == _comparable(before)
