@@ -97,7 +97,7 @@ STUDY_CONFIGS ?= configs/pca_logreg.py configs/cnn_baseline.py configs/cnn_v2.py
 
 .PHONY: study
 study: setup
-	$(PY) -m cxr_jax.tools.sweep $(foreach c,$(STUDY_CONFIGS),--config=$(c)) --seeds=$(SEEDS) \
+	$(PY) -m cxr_lab.tools.sweep $(foreach c,$(STUDY_CONFIGS),--config=$(c)) --seeds=$(SEEDS) \
 	  --root=$(STUDY_ROOT)
 	$(PY) -m cxr_jax.tools.report --workdirs=$(STUDY_ROOT) --seed=0 \
 	  --output=$(STUDY_ROOT)/report $(foreach e,$(EXTERNAL),--external=$(e))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Evaluations of the default recipe's 3 seeds (workdirs/sweeps/default, from
-# `python -m cxr_jax.tools.sweep --config=configs/mobilenet.py --seeds=0,1,2
+# `python -m cxr_lab.tools.sweep --config=configs/mobilenet.py --seeds=0,1,2
 #  --root=workdirs/sweeps/default`): each seed with and without TTA and label-free
 # adaptation, and the 3-seed ensemble; results in benchmarks/default_study/.
 set -euo pipefail

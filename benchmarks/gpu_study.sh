@@ -19,7 +19,7 @@ python3 -c "import jax, flax, optax, orbax.checkpoint as o, sklearn; print('jax'
 args=()
 for c in "$@"; do args+=("--config=$c"); done
 root=/tmp/study
-timeout $((minutes * 60 + ${GRACE_S:-150})) python3 -m cxr_jax.tools.sweep "${args[@]}" --seeds=0,1,2 \
+timeout $((minutes * 60 + ${GRACE_S:-150})) python3 -m cxr_lab.tools.sweep "${args[@]}" --seeds=0,1,2 \
   --root=$root --set=data.source=folder --deadline_minutes="$minutes" --compact \
   --compilation_cache=/tmp/jax_cache 2>&1 | grep -v "^W0000\|^I0000" | tee "$OUT/study.log" \
   | grep -E "Sweep:|Epoch|Done|Error|error|Traceback|Cached|compil" | cut -c1-220

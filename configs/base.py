@@ -59,6 +59,9 @@ def get_config():
   config.model.name = ""
   # cxr_jax.ops policy: "auto" (CPU-fast layers on CPU, plain XLA ops elsewhere), "xla", "cpu".
   config.model.ops = "auto"
+  # BatchNorm statistics measured on training images before training, the function kept
+  # (models/batch_norm.py): for weight files with BatchNorm folded in (`:a1`).
+  config.model.refit_batch_norm = False
 
   config.batch_size = 32
   config.eval_batch_size = 64
@@ -81,7 +84,7 @@ def get_config():
   # (prior-neutral under the balanced loss), or a rule fitted on validation: "val_f1",
   # "youden", "f1_plateau", "sensitivity_0.95". Every one is reported by evaluate.
   config.operating_point = "0.5"
-  # Out-of-distribution score (cxr_jax/evaluation/ood.py): the detector fitted on the
+  # Out-of-distribution score (cxr_jax/fits/ood.py): the detector fitted on the
   # training split's features; images scoring above the `accept` quantile of validation
   # are flagged.
   config.ood = ml_collections.ConfigDict()
@@ -106,28 +109,21 @@ def _debug(config):
   config.log_every_steps = 2
   if "n_components" in config.model:
     config.model.n_components = 8
-  if config.get("phases"):
+  if "phases" in config:
     config.phases = [dict(p, num_epochs=1) for p in config.phases]
 
 
-def _full(config):
-  """Fine-tune every layer with BatchNorm trained, after a short frozen-backbone head phase."""
-  if not config.get("phases"):
-    raise ValueError("Variant 'full' is for the two-phase (pretrained) configs.")
-  head = dict(config.phases[0], num_epochs=5)
-  config.phases = [head, dict(name="fine_tune", num_epochs=12, learning_rate=3e-4,
-                              trainable="all", train_batch_norm=True)]
+def _two_phase(variant: str, config) -> None:
+  if "phases" not in config:
+    raise ValueError(f"Variant {variant!r} is for the two-phase (pretrained) configs.")
 
 
-def _augment_strongly(config):
-  """Intensity and crop augmentation for other scanners' contrast, exposure and framing."""
-  config.augment.update(dict(brightness=0.15, contrast=0.3, gamma=1.5, blur_sigma=1.0,
-                             noise_std=0.03, crop_scale_min=0.7))
-
-
-def _image_size(size):
+def _fine_tune(variant: str, **fields):
+  """The fine-tuning phase (every phase but the head's) with `fields` changed."""
   def apply(config):
-    config.data.image_size = size
+    _two_phase(variant, config)
+    config.phases = [p if p["trainable"] == "head" else dict(p, **fields)
+                     for p in config.phases]
   return apply
 
 
@@ -137,37 +133,32 @@ MOBILENET_V2_GROUPS = 19
 
 def _freeze_first(n_groups):
   """Fine-tunes all but the first n_groups (stem, block 0, ...) of MobileNetV2; they keep
-  their ImageNet weights, and the backward pass stops above them (issue #24's lever)."""
+  their ImageNet weights, and the backward pass stops above them."""
   def apply(config):
-    if config.model.name != "mobilenet_v2" or not config.get("phases"):
-      raise ValueError(f"Variant 'freeze{n_groups}' is for the two-phase MobileNetV2 configs.")
-    config.phases = [dict(p, trainable=MOBILENET_V2_GROUPS - n_groups)
-                     if p.get("trainable") != "head" else p for p in config.phases]
+    if config.model.name != "mobilenet_v2":
+      raise ValueError(f"Variant 'freeze{n_groups}' is for the MobileNetV2 configs.")
+    _fine_tune(f"freeze{n_groups}", trainable=MOBILENET_V2_GROUPS - n_groups)(config)
   return apply
 
 
-def _longer_fine_tune(config):
-  """25 fine-tuning epochs, cosine to zero, an EMA of the weights; no early stopping."""
-  if not config.get("phases"):
-    raise ValueError("Variant 'long' is for the two-phase (pretrained) configs.")
-  config.phases = [p if p.get("trainable") == "head" else dict(p, num_epochs=25)
-                   for p in config.phases]
-  config.lr_end_factor = 0.0
-  config.ema_decay = 0.998
-  config.early_stopping_patience = 25
+def _last6(config):
+  """224 px; a 15-epoch head, then 8 epochs of the last 6 blocks with BatchNorm frozen
+  (momentum 0.999), chosen by validation F1: the project's first MobileNetV2 recipe."""
+  _two_phase("last6", config)
+  config.data.image_size = 224
+  config.model.bn_momentum = 0.999
+  config.phases = [dict(config.phases[0], num_epochs=15),
+                   dict(name="fine_tune", num_epochs=8, learning_rate=2e-4, trainable=6,
+                        train_batch_norm=False)]
+  config.selection_metric = "f1"
 
 
-# Keras's alpha=1.0 ImageNet MobileNetV2 as found in weights/ (BatchNorm folded in).
-ALPHA1_WEIGHTS = "weights/mobilenet_v2_1.0_224_imagenet_bnfolded_dequant_from_int8_tflite.h5"
-
-
-def _alpha1(config):
-  """MobileNetV2 alpha 1.0; BatchNorm statistics measured on training images first."""
-  if config.model.name != "mobilenet_v2":
-    raise ValueError("Variant 'a1' is for the MobileNetV2 configs.")
-  config.model.alpha = 1.0
-  config.model.weights = ALPHA1_WEIGHTS
-  config.model.refit_batch_norm = True
+def _full(config):
+  """A 5-epoch head, then every layer (trainable "all") for 12 epochs at 3e-4, BN trained."""
+  _two_phase("full", config)
+  config.phases = [dict(config.phases[0], num_epochs=5),
+                   dict(name="fine_tune", num_epochs=12, learning_rate=3e-4, trainable="all",
+                        train_batch_norm=True)]
 
 
 def _set(**values):
@@ -181,42 +172,60 @@ def _set(**values):
   return apply
 
 
-# Recipe levers, joined with "+" after the config path (configs/mobilenet.py:full+loss+aug):
+def _then(*variants):
+  def apply(config):
+    for variant in variants:
+      variant(config)
+  return apply
+
+
+# Keras's alpha=1.0 ImageNet MobileNetV2 as found in weights/ (BatchNorm folded in).
+ALPHA1_WEIGHTS = "weights/mobilenet_v2_1.0_224_imagenet_bnfolded_dequant_from_int8_tflite.h5"
+_ALPHA1 = {"model.alpha": 1.0, "model.weights": ALPHA1_WEIGHTS, "model.refit_batch_norm": True}
+# Intensity and crop augmentation for other scanners' contrast, exposure and framing.
+_STRONG = {"augment.brightness": 0.15, "augment.contrast": 0.3, "augment.gamma": 1.5,
+           "augment.blur_sigma": 1.0, "augment.noise_std": 0.03, "augment.crop_scale_min": 0.7}
+# Without the acquisition levers: no equalisation, border or resolution augmentation.
+_NO_ACQUISITION = {"model.intensity": "none", "augment.border_gain": 1.0,
+                   "augment.resample_prob": 0.0}
+
+# Recipe levers, joined with "+" after the config path (configs/mobilenet.py:aug+s224), one
+# line each. docs/results.md measures them.
 VARIANTS = {
-    "debug": _debug,
-    "full": _full,
-    "loss": _set(selection_metric="loss"),
-    "auc": _set(selection_metric="auc"),
-    "f1": _set(selection_metric="f1"),
-    "aug": _augment_strongly,
-    "crop": _set(**{"data.crop_border": 0.08}),
-    "ls": _set(label_smoothing=0.1),
-    "mixup": _set(mixup_prob=0.5),
-    "ema": _set(ema_decay=0.998),
-    "noweight": _set(class_weight="none"),
-    "bn99": _set(**{"model.bn_momentum": 0.99}),
-    "s128": _image_size(128),
-    "s160": _image_size(160),
-    "s192": _image_size(192),
-    "s224": _image_size(224),
-    "blocked": _set(**{"data.split": "blocked"}),
-    # Issue #20's invariance levers (docs/results.md): per-image histogram equalisation
-    # or percentile windowing inside the model; each side's outer band darkened or
-    # brightened up to 1.5x (the classes' median left/right borders differ 1.38x on
-    # train/, benchmarks/cues/); 30% of images down- then up-sampled (0.75x to 0.25x).
-    "eq": _set(**{"model.intensity": "equalize"}),
-    "pct": _set(**{"model.intensity": "percentile"}),
-    "border": _set(**{"augment.border_gain": 1.5}),
-    "res": _set(**{"augment.resample_prob": 0.3}),
-    # The stem and blocks 0-1 (every layer at half the input side) / also blocks 2-3.
-    "freeze0": _freeze_first(0),  # Every layer fine-tuned.
-    "freeze3": _freeze_first(3),
-    "freeze5": _freeze_first(5),
-    "noeq": _set(**{"model.intensity": "none"}),
-    # RandAugment-style: 2 of 8 intensity and geometry operations per image, half range.
+    "debug": _debug,  # A few steps on 24 images per class.
+    "loss": _set(selection_metric="loss"),  # The best epoch by validation log loss,
+    "auc": _set(selection_metric="auc"),  # ... ROC AUC,
+    "f1": _set(selection_metric="f1"),  # ... or F1 at 0.5.
+    "blocked": _set(**{"data.split": "blocked"}),  # Validation: contiguous patient-id blocks.
+    "random": _set(**{"data.split": "random"}),  # Validation: random patients.
+    "s128": _set(**{"data.image_size": 128}),  # Input side in pixels.
+    "s160": _set(**{"data.image_size": 160}),
+    "s192": _set(**{"data.image_size": 192}),
+    "s224": _set(**{"data.image_size": 224}),
+    "aug": _set(**_STRONG),  # Strong intensity and crop augmentation.
+    # A RandAugment-style policy: 2 of 8 intensity and geometry operations per image, half range.
     "randaug": _set(**{"augment.policy_ops": 2, "augment.policy_magnitude": 0.5}),
-    "long": _longer_fine_tune,
-    "a1": _alpha1,
+    "crop": _set(**{"data.crop_border": 0.08}),  # 8% of each side cut before resizing.
+    "ls": _set(label_smoothing=0.1),  # Label smoothing.
+    "mixup": _set(mixup_prob=0.5),  # Half the images mixed with another.
+    "ema": _set(ema_decay=0.998),  # Validation and the saved model use an EMA of the weights.
+    "noweight": _set(class_weight="none"),  # No class weights in the loss.
+    "bn99": _set(**{"model.bn_momentum": 0.99}),  # BatchNorm momentum.
+    "eq": _set(**{"model.intensity": "equalize"}),  # Per-image histogram equalisation,
+    "pct": _set(**{"model.intensity": "percentile"}),  # ... or a 1st-99th percentile window,
+    "noeq": _set(**{"model.intensity": "none"}),  # ... or neither.
+    "border": _set(**{"augment.border_gain": 1.5}),  # Each side's band darker or brighter.
+    "res": _set(**{"augment.resample_prob": 0.3}),  # 30% of images down- then up-sampled.
+    "noacq": _set(**_NO_ACQUISITION),  # None of eq, border and res.
+    "a1": _set(**_ALPHA1),  # MobileNetV2 alpha 1.0, BatchNorm statistics refit on training images.
+    "freeze0": _freeze_first(0),  # MobileNetV2: every layer fine-tuned,
+    "freeze3": _freeze_first(3),  # ... the stem and blocks 0-1 frozen,
+    "freeze5": _freeze_first(5),  # ... the stem and blocks 0-3 frozen.
+    "full": _full,  # Every layer fine-tuned with BatchNorm trained after a 5-epoch head.
+    # 25 fine-tuning epochs, cosine to zero, an EMA of the weights, no early stopping.
+    "long": _then(_fine_tune("long", num_epochs=25),
+                  _set(lr_end_factor=0.0, ema_decay=0.998, early_stopping_patience=25)),
+    "last6": _last6,  # The first MobileNetV2 recipe (224 px, last 6 blocks, BatchNorm frozen).
 }
 
 

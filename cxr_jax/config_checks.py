@@ -17,7 +17,8 @@ from cxr_jax import ops
 from cxr_jax.data import augment
 from cxr_jax.data import splits
 from cxr_jax.models import intensity
-from cxr_jax.evaluation import fit
+from cxr_jax.fits import fit
+from cxr_jax.trainers import phases
 
 SELECTION_METRICS = ("loss", "auc", "f1")
 CLASS_WEIGHTS = ("balanced", "none")
@@ -73,7 +74,7 @@ def _get(config, key: str):
 
 def _check_data(config, for_training: bool) -> None:
   data = config.data
-  if not isinstance(data.data_dir, str) or not data.data_dir:
+  if not isinstance(_get(config, "data.data_dir"), str) or not data.data_dir:
     _fail("data.data_dir", data.data_dir, "a folder")
   if not os.path.isdir(data.data_dir):
     raise ConfigError(f"config.data.data_dir={data.data_dir!r} does not exist (it must hold "
@@ -85,13 +86,12 @@ def _check_data(config, for_training: bool) -> None:
   _one_of(config, "data.channels", (1, 3))
   _number_in(config, "data.val_fraction", 0.0, 1.0, low_open=True, high_open=True)
   _int_at_least(config, "data.split_seed", 0)
-  if "split" in data:
-    _one_of(config, "data.split", splits.SPLIT_KINDS)
+  _one_of(config, "data.split", splits.SPLIT_KINDS)
   _int_at_least(config, "data.max_images_per_class", 0)
-  if "min_image_side" in data:
-    _int_at_least(config, "data.min_image_side", 1)
-  if "crop_border" in data:
-    _number_in(config, "data.crop_border", 0.0, 0.4)
+  _int_at_least(config, "data.min_image_side", 1)
+  _number_in(config, "data.crop_border", 0.0, 0.4)
+  if not isinstance(_get(config, "data.tfds_data_dir"), str):
+    _fail("data.tfds_data_dir", data.tfds_data_dir, "a folder")
 
 
 _AUGMENT_RANGES = {"rotation_degrees": (0.0, 180.0), "shift_fraction": (0.0, 0.5),
@@ -105,10 +105,9 @@ _AUGMENT_RANGES = {"rotation_degrees": (0.0, 180.0), "shift_fraction": (0.0, 0.5
 
 def _check_augment(config) -> None:
   for key in augment.STRENGTHS:
-    if key in config.augment:
-      _number_in(config, f"augment.{key}", *_AUGMENT_RANGES[key])
+    _number_in(config, f"augment.{key}", *_AUGMENT_RANGES[key])
   for key in ("enabled", "horizontal_flip"):
-    if key in config.augment and not isinstance(config.augment[key], bool):
+    if not isinstance(_get(config, f"augment.{key}"), bool):
       _fail(f"augment.{key}", config.augment[key], "True or False")
 
 
@@ -127,13 +126,12 @@ def _check_phase(config, i: int, phase, model_name: str) -> None:
     _fail(f"{key}.trainable", trainable, "'all', 'head' or an integer >= 0")
   if _is_int(trainable) and model_name != "mobilenet_v2":
     _fail(f"{key}.trainable", trainable, f"'all' or 'head' for {model_name}")
-  if phase.get("cached_features") and (trainable != "head" or phase["train_batch_norm"]):
+  if phase.cached_features and (trainable != "head" or phase["train_batch_norm"]):
     raise ConfigError(f"config.{key}.cached_features=True needs trainable='head' and "
                       "train_batch_norm=False (the backbone must not change).")
 
 
 def _check_training(config) -> None:
-  _int_at_least(config, "seed", 0)
   _int_at_least(config, "batch_size", 1)
   _int_at_least(config, "eval_batch_size", 1)
   n_devices = jax.device_count()
@@ -146,43 +144,56 @@ def _check_training(config) -> None:
   _number_in(config, "warmup_epochs", 0.0, 1000.0)
   _number_in(config, "weight_decay", 0.0, 1.0)
   _number_in(config, "lr_end_factor", 0.0, 1.0)
-  _one_of(config, "class_weight", CLASS_WEIGHTS)
   _int_at_least(config, "early_stopping_patience", 1)
   _int_at_least(config, "log_every_steps", 1)
-  if "selection_metric" in config:
-    _one_of(config, "selection_metric", SELECTION_METRICS)
   for key, high in (("label_smoothing", 0.5), ("mixup_prob", 1.0), ("ema_decay", 0.99999)):
-    if key in config:
-      _number_in(config, key, 0.0, high, high_open=key == "label_smoothing")
-  if "mixup_alpha" in config:
-    _number_in(config, "mixup_alpha", 0.0, 10.0, low_open=True)
-  for i, phase in enumerate(config.get("phases") or []):
-    _check_phase(config, i, phase, config.model.name)
+    _number_in(config, key, 0.0, high, high_open=key == "label_smoothing")
+  _number_in(config, "mixup_alpha", 0.0, 10.0, low_open=True)
+  if "phases" in config:
+    for i, phase in enumerate(phases.get_phases(config)):
+      _check_phase(config, i, phase, config.model.name)
 
 
 def _check_evaluation(config) -> None:
-  if "operating_point" in config:
-    point = config.operating_point
-    if point not in fit.OPERATING_POINTS and not str(point).startswith("sensitivity_"):
-      _fail("operating_point", point,
-            f"one of {fit.OPERATING_POINTS} or 'sensitivity_<target>'")
-  if "ood" in config:
-    _one_of(config, "ood.kind", ("mahalanobis", "knn"))
-    _number_in(config, "ood.accept", 0.5, 1.0, low_open=True)
-    _int_at_least(config, "ood.dims", 1)
-    _int_at_least(config, "ood.k", 1)
+  _int_at_least(config, "seed", 0)
+  point = _get(config, "operating_point")
+  if point not in fit.OPERATING_POINTS and not str(point).startswith("sensitivity_"):
+    _fail("operating_point", point, f"one of {fit.OPERATING_POINTS} or 'sensitivity_<target>'")
+  _one_of(config, "selection_metric", SELECTION_METRICS)
+  _one_of(config, "class_weight", CLASS_WEIGHTS)
+  for key in ("name", "description"):
+    if not isinstance(_get(config, key), str):
+      _fail(key, config[key], "a string")
+  _one_of(config, "ood.kind", ("mahalanobis", "knn"))
+  _number_in(config, "ood.accept", 0.5, 1.0, low_open=True)
+  _int_at_least(config, "ood.dims", 1)
+  _int_at_least(config, "ood.k", 1)
+
+
+# Each kind's own model keys (their values are checked below where a range applies).
+MODEL_KEYS = {"cnn_baseline": ("conv_features", "dense_features"),
+              "cnn_v2": ("block_features", "convs_per_block", "dense_features", "dropout_rate"),
+              "cnn_v3": ("block_features", "convs_per_block", "dense_features", "dropout_rate"),
+              "mobilenet_v2": ("alpha", "weights", "weights_size", "dropout_rate", "bn_momentum",
+                               "intensity"),
+              "pca_logreg": ("n_components", "whiten", "c_grid"),
+              "ensemble": ("members",)}
 
 
 def _check_model(config) -> None:
-  name = config.model.name
+  name = _get(config, "model.name")
   if name not in models.names():
     _fail("model.name", name, f"one of {models.names()}")
-  if "ops" in config.model:
+  for key in MODEL_KEYS.get(name, ()):
+    _get(config, f"model.{key}")
+  if models.get(name).trains_by_gradient:
     _one_of(config, "model.ops", ops.IMPLS)
+    if not isinstance(_get(config, "model.refit_batch_norm"), bool):
+      _fail("model.refit_batch_norm", config.model.refit_batch_norm, "True or False")
   if name == "mobilenet_v2":
     _number_in(config, "model.alpha", 0.0, 2.0, low_open=True)
-    if "intensity" in config.model:
-      _one_of(config, "model.intensity", intensity.KINDS)
+    _one_of(config, "model.intensity", intensity.KINDS)
+    _number_in(config, "model.bn_momentum", 0.0, 1.0, high_open=True)
     weights = config.model.weights
     if weights not in ("imagenet", "none") and not os.path.isfile(weights):
       raise ConfigError(f"config.model.weights={weights!r}: no such file (use 'imagenet' for "

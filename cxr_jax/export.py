@@ -29,13 +29,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from cxr_jax import data as data_lib
+from cxr_jax import model_card
 from cxr_jax import models
 from cxr_jax.runtime import tf_import
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.data import augment
-from cxr_jax.evaluation import fit
-from cxr_jax.evaluation import ood
-from cxr_jax.evaluation import predictor as predictor_lib
+from cxr_jax.fits import fit
+from cxr_jax.fits import ood
+from cxr_jax import registry
 
 FORMATS = ("onnx", "saved_model", "tflite", "tflite_int8")
 
@@ -77,7 +78,7 @@ def metadata(predictor, fitted: fit.Fitted) -> dict:
       if 0 < threshold < 1 else threshold
   prep = predictor.preprocess
   return {
-      "model": predictor.model_name, "name": predictor.config.get("name", ""),
+      "model": predictor.model_name, "name": predictor.config.name,
       "input": {"dtype": "uint8", "shape": ["N", *prep.shape], "range": [0, 255],
                 "preprocessing": {"image_size": prep.image_size, "channels": prep.channels,
                                   "crop_border": prep.crop_border,
@@ -85,7 +86,7 @@ def metadata(predictor, fitted: fit.Fitted) -> dict:
                                   "gray": "Pillow 'L' (ITU-R 601 luma)",
                                   "dicom": "windowed to 8 bits, MONOCHROME1 inverted",
                                   # Inside the exported graph: the file's caller does nothing.
-                                  "intensity": predictor.config.model.get("intensity", "none")}},
+                                  "intensity": model_card.intensity(predictor.config.model)}},
       "outputs": {"probability": "temperature-calibrated P(PNEUMONIA)",
                   "ood_score": f"{fitted.detector.kind} out-of-distribution score"},
       "operating_point": {"rule": name, "threshold_on_probability": calibrated},
@@ -297,7 +298,7 @@ def export_workdir(workdir: str, output_dir: str, formats=FORMATS, check: bool =
   workdir_lib.check_output(output_dir, inputs=(workdir,), flag="--output_dir", folder=True)
   inside = workdir_lib.is_inside(output_dir, workdir)
   with workdir_lib.writer_lock(workdir) if inside else contextlib.nullcontext():
-    predictor = predictor_lib.load_predictor(workdir)
+    predictor = registry.load_predictor(workdir)
     serving = serving_function(predictor, fit.load_or_fit(predictor))
     skipped: dict = {}
     paths = export_all(serving, output_dir, formats, skipped)

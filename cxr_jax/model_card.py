@@ -72,71 +72,86 @@ def _folder_cell(folder: dict | None) -> str:
           f"{folder['estimated_accuracy']:.3f} ({low:.3f}-{high:.3f})")
 
 
+def intensity(model_config) -> str:
+  """The per-image standardisation inside the model ("none" for kinds without one)."""
+  return model_config.intensity if "intensity" in model_config else "none"
+
+
+INTENDED_USE = {
+    "primary": "Research on pediatric chest X-ray classification (NORMAL vs PNEUMONIA) for "
+               "children aged 1-5, frontal (PA/AP) views; second-reader experiments.",
+    "users": "ML researchers and clinical-AI engineers evaluating the model on their own "
+             "images before any clinical study.",
+    "out_of_scope": "Not a diagnosis and not a medical device. Not for adults, lateral views, "
+                    "other body parts, photos of screens or non-X-ray images; images flagged "
+                    "OUT_OF_DISTRIBUTION get no label.",
+}
+FACTORS = ["patient age (trained on ages 1-5 only)", "hospital and scanner (one hospital: "
+           "Guangzhou Women and Children's Medical Center)",
+           "pneumonia type (bacterial and viral pooled as PNEUMONIA)",
+           "image export (JPEG from the Kaggle release; DICOM windowed to 8 bits)"]
+ETHICAL_CONSIDERATIONS = (
+    "Trained on one hospital's children: accuracy on adults and other sites is not "
+    "established (measured worse than chance on adult X-rays of other hospitals for earlier "
+    "models). Errors are asymmetric: the default operating point over-calls pneumonia on "
+    "test's NORMAL images more than validation suggests.")
+CAVEATS = ["Validation is nearly separable; test (a later collection) is harder: quote test "
+           "numbers, not validation ones.",
+           "Label-free site adaptation (evaluate --adapt) is reported apart and is not the "
+           "model's own performance.",
+           "Known failure modes: adults, other hospitals, photos, inverted or rotated images; "
+           "the out-of-distribution flag catches many but not all of them."]
+
+
+def _model_details(workdir: str, config, summary: dict) -> dict:
+  return {
+      "name": config.name or config.model.name, "architecture": config.model.name,
+      "description": config.description, "parameters": summary.get("params"),
+      "trained": datetime.datetime.fromtimestamp(os.path.getmtime(workdir_lib.path(
+          workdir, workdir_lib.CONFIG_FILE))).strftime("%Y-%m-%d"),
+      "code_version": code_version(),
+      "command": (workdir_lib.read_json(os.path.join(workdir, COMMAND_FILE)) or {}).get(
+          "command"),
+      "training": {"selection_metric": config.selection_metric,
+                   "best_epoch": summary.get("best_epoch"),
+                   "epochs_run": summary.get("epochs_run"),
+                   "train_seconds": summary.get("train_seconds")},
+      "citation": "Kermany et al. (2018), Cell 172(5):1122-1131 (the data).",
+  }
+
+
+def _metrics(config, cal: dict) -> dict:
+  return {"reported": list(METRICS) + ["ECE", "out-of-distribution fraction", "AURC"],
+          "operating_point": {"rule": config.operating_point,
+                              "thresholds": cal.get("operating_points"),
+                              "why": "README.md, 'How the default recipe was chosen'"},
+          "calibration": {"temperature": cal.get("temperature"), "val_ece": cal.get("val_ece"),
+                          "val_ece_calibrated": cal.get("val_ece_calibrated")},
+          "out_of_distribution": cal.get("ood"),
+          "uncertainty": "95% percentile bootstrap intervals over images"}
+
+
+def _training_data(config, summary: dict) -> dict:
+  data = config.data
+  return {"source": data.data_dir,
+          "split": f"Kaggle train/ (+ val/) split by patient ({data.split}): validation "
+                   f"{data.val_fraction:.0%} (seed {data.split_seed})",
+          "preprocessing": {"image_size": data.image_size, "channels": data.channels,
+                            "crop_border": data.crop_border,
+                            "intensity": intensity(config.model)},
+          "skipped_files": len(summary.get("skipped_files") or [])}
+
+
 def card(workdir: str) -> dict:
   """The card's content as a dict (model_card.json)."""
   config = workdir_lib.load_config(workdir)
   summary = workdir_lib.read_json(workdir_lib.path(workdir, workdir_lib.SUMMARY_FILE), {})
   cal = workdir_lib.read_json(workdir_lib.path(workdir, workdir_lib.CALIBRATION_FILE), {})
-  data = config.data
-  point = config.get("operating_point", "val_f1")
-  return {
-      "model_details": {
-          "name": config.get("name") or config.model.name, "architecture": config.model.name,
-          "description": config.get("description", ""), "parameters": summary.get("params"),
-          "trained": datetime.datetime.fromtimestamp(os.path.getmtime(workdir_lib.path(
-              workdir, workdir_lib.CONFIG_FILE))).strftime("%Y-%m-%d"),
-          "code_version": code_version(),
-          "command": (workdir_lib.read_json(os.path.join(workdir, COMMAND_FILE)) or {}).get(
-              "command"),
-          "training": {"selection_metric": config.get("selection_metric", "f1"),
-                       "best_epoch": summary.get("best_epoch"),
-                       "epochs_run": summary.get("epochs_run"),
-                       "train_seconds": summary.get("train_seconds")},
-          "citation": "Kermany et al. (2018), Cell 172(5):1122-1131 (the data).",
-      },
-      "intended_use": {
-          "primary": "Research on pediatric chest X-ray classification (NORMAL vs PNEUMONIA) "
-                     "for children aged 1-5, frontal (PA/AP) views; second-reader experiments.",
-          "users": "ML researchers and clinical-AI engineers evaluating the model on their own "
-                   "images before any clinical study.",
-          "out_of_scope": "Not a diagnosis and not a medical device. Not for adults, lateral "
-                          "views, other body parts, photos of screens or non-X-ray images; "
-                          "images flagged OUT_OF_DISTRIBUTION get no label.",
-      },
-      "factors": ["patient age (trained on ages 1-5 only)", "hospital and scanner (one "
-                  "hospital: Guangzhou Women and Children's Medical Center)",
-                  "pneumonia type (bacterial and viral pooled as PNEUMONIA)",
-                  "image export (JPEG from the Kaggle release; DICOM windowed to 8 bits)"],
-      "metrics": {"reported": list(METRICS) + ["ECE", "out-of-distribution fraction", "AURC"],
-                  "operating_point": {"rule": point,
-                                      "thresholds": cal.get("operating_points"),
-                                      "why": "README.md, 'How the default recipe was chosen'"},
-                  "calibration": {"temperature": cal.get("temperature"),
-                                  "val_ece": cal.get("val_ece"),
-                                  "val_ece_calibrated": cal.get("val_ece_calibrated")},
-                  "out_of_distribution": cal.get("ood"),
-                  "uncertainty": "95% percentile bootstrap intervals over images"},
-      "training_data": {"source": data.data_dir, "split": "Kaggle train/ (+ val/) split by "
-                        f"patient: validation {data.val_fraction:.0%} (seed {data.split_seed})",
-                        "preprocessing": {"image_size": data.image_size,
-                                          "channels": data.channels,
-                                          "crop_border": data.get("crop_border", 0.0),
-                                          "intensity": config.model.get("intensity", "none")},
-                        "skipped_files": len(summary.get("skipped_files") or [])},
-      "evaluation_data": {"validation": summary.get("val"), **_evaluations(workdir)},
-      "ethical_considerations": "Trained on one hospital's children: accuracy on adults and "
-                                "other sites is not established (measured worse than chance on "
-                                "adult X-rays of other hospitals for earlier models). Errors "
-                                "are asymmetric: the default operating point over-calls "
-                                "pneumonia on test's NORMAL images more than validation "
-                                "suggests.",
-      "caveats": ["Validation is nearly separable; test (a later collection) is harder: "
-                  "quote test numbers, not validation ones.",
-                  "Label-free site adaptation (evaluate --adapt) is reported apart and is "
-                  "not the model's own performance.",
-                  "Known failure modes: adults, other hospitals, photos, inverted or rotated "
-                  "images; the out-of-distribution flag catches many but not all of them."],
-  }
+  return {"model_details": _model_details(workdir, config, summary),
+          "intended_use": INTENDED_USE, "factors": FACTORS,
+          "metrics": _metrics(config, cal), "training_data": _training_data(config, summary),
+          "evaluation_data": {"validation": summary.get("val"), **_evaluations(workdir)},
+          "ethical_considerations": ETHICAL_CONSIDERATIONS, "caveats": CAVEATS}
 
 
 def _metrics_table(evaluations: dict) -> list[str]:
@@ -145,18 +160,36 @@ def _metrics_table(evaluations: dict) -> list[str]:
            "|---|---|---|---|---|---|---|---|---|---|"]
   for name, e in evaluations.items():
     m = e["metrics"]
-    cells = [f"{m[k]:.3f}" if m.get(k) is not None else "–" for k in METRICS]
+    cells = [shown(m.get(k)) for k in METRICS]
     flagged = e.get("ood_fraction_flagged")
-    shown = "–" if flagged is None else f"{flagged:.1%}"
+    flagged_cell = "–" if flagged is None else f"{flagged:.1%}"
     if e.get("unlike_training"):
-      shown += " ⚠ unlike the training data: metrics here do not transfer"
+      flagged_cell += " ⚠ unlike the training data: metrics here do not transfer"
     lines.append(f"| {name} (`{e['data_dir']}`) | {e['n']} | {e.get('operating_point')} | "
-                 + " | ".join(cells) + f" | {shown} | {_folder_cell(e.get('folder_test'))} |")
+                 + " | ".join(cells) + f" | {flagged_cell} | {_folder_cell(e.get('folder_test'))} |")
   lines += ["", "The last column is the folder-level two-sample test against validation (MMD on "
             "features, KS on probabilities) and the label-free accuracy estimate "
             "(docs/folder_shift.md): a shifted folder's images differ from validation's, which "
             "says the validation numbers may not carry over, not that the model is wrong there."]
   return lines
+
+
+SIGNIFICANT = 3  # What the card's numbers mean to a reader; model_card.json keeps them all.
+
+
+def shown(value) -> str:
+  """A number to SIGNIFICANT digits; a dict as "name value, ..."; None as "–"."""
+  if value is None:
+    return "–"
+  if isinstance(value, bool):
+    return str(value)
+  if isinstance(value, float):
+    return f"{value:.{SIGNIFICANT}g}"
+  if isinstance(value, dict):
+    return ", ".join(f"{k} {shown(v)}" for k, v in value.items()) or "–"
+  if isinstance(value, (list, tuple)):
+    return ", ".join(shown(v) for v in value)
+  return str(value)
 
 
 def render(c: dict) -> str:
@@ -178,19 +211,22 @@ def render(c: dict) -> str:
            "## Factors", ""] + [f"- {f}" for f in c["factors"]] + [
            "", "## Metrics", "",
            f"- Default operating point: **{m['operating_point']['rule']}** ({m['operating_point']['why']}); "
-           f"all fitted thresholds: {m['operating_point']['thresholds']}",
-           f"- Calibration: temperature {m['calibration']['temperature']}, validation ECE "
-           f"{m['calibration']['val_ece']} before, {m['calibration']['val_ece_calibrated']} after",
+           f"all fitted thresholds: {shown(m['operating_point']['thresholds'])}",
+           f"- Calibration: temperature {shown(m['calibration']['temperature'])}, validation "
+           f"ECE {shown(m['calibration']['val_ece'])} before, "
+           f"{shown(m['calibration']['val_ece_calibrated'])} after",
            f"- Out of distribution: {ood.get('kind')} detector on the training split's features, "
-           f"threshold {ood.get('threshold')} ({ood.get('accept')} of validation accepted); "
+           f"threshold {shown(ood.get('threshold'))} ({shown(ood.get('accept'))} of validation "
+           "accepted); "
            "flagged images get no label", f"- Uncertainty: {m['uncertainty']}", "",
            "## Training data", "",
            f"- `{c['training_data']['source']}`: {c['training_data']['split']}",
-           f"- Preprocessing: {c['training_data']['preprocessing']}; unreadable files skipped: "
+           f"- Preprocessing: {shown(c['training_data']['preprocessing'])}; unreadable files "
+           "skipped: "
            f"{c['training_data']['skipped_files']}", "",
            "## Evaluation data and quantitative analyses", "",
-           f"Validation (selection only): F1 {val.get('f1')}, ROC AUC {val.get('roc_auc')}, "
-           f"log loss {val.get('loss')}.", ""]
+           f"Validation (selection only): F1 {shown(val.get('f1'))}, ROC AUC "
+           f"{shown(val.get('roc_auc'))}, log loss {shown(val.get('loss'))}.", ""]
   if evaluations:
     lines += _metrics_table(evaluations) + [""]
   else:

@@ -20,6 +20,9 @@ at most `max_megapixels` in all, read from their headers before anything is deco
 most `max_concurrent` requests score at once, up to `max_queue` more wait their turn (first
 come, first served) for at most `max_wait_s`, and others get 503 with Retry-After. The page
 shows every string it receives as text, never as HTML.
+
+Over 350 lines because the page's server is one FastAPI app: its guards (token, pixel
+cap, queue) read best beside the routes they guard.
 """
 
 from __future__ import annotations
@@ -46,9 +49,10 @@ from PIL import Image
 from cxr_jax.data import decode
 from cxr_jax.data import dicom
 from cxr_jax.data.splits import CLASS_NAMES
-from cxr_jax.evaluation import fit
-from cxr_jax.evaluation import predict
-from cxr_jax.evaluation import predictor as predictor_lib
+from cxr_jax.fits import fit
+from cxr_jax.inference import adaptation
+from cxr_jax import predict
+from cxr_jax import registry
 
 DEFAULT_MAX_UPLOAD_MB = 25
 MAX_FILES = 32
@@ -235,19 +239,20 @@ def _folder_json(folder: dict | None) -> dict | None:
 class Scorer:
   """The workdir's predictor and what was fitted for it, loaded once."""
 
-  def __init__(self, workdir: str):
-    self.predictor = predictor_lib.load_predictor(workdir)
+  def __init__(self, workdir: str, adapt: str = adaptation.AUTO):
+    self.predictor = registry.load_predictor(workdir)
     self.fitted = fit.load_or_fit(self.predictor)
     self.workdir = workdir
+    self.adapt = adapt  # --adapt: label-free adaptation to each request's images.
 
   def info(self) -> dict:
     cal = self.fitted.calibration
     name, threshold = fit.operating_point(cal, self.predictor.config)
     return {"workdir": self.workdir, "model": self.predictor.model_name,
-            "name": self.predictor.config.get("name", ""), "operating_point": name,
+            "name": self.predictor.config.name, "operating_point": name,
             "threshold": threshold, "ood_kind": self.fitted.detector.kind,
             "ood_threshold": self.fitted.detector.threshold,
-            "gradcam": self.predictor.supports_gradcam}
+            "gradcam": self.predictor.supports_gradcam, "adapt": self.adapt}
 
   def score(self, uploads: list[tuple[str, bytes]], gradcam: bool = True) -> dict:
     """{"results": one per (file name, bytes): probability, label, OOD flag, overlay, or
@@ -264,9 +269,10 @@ class Scorer:
       except (decode.ImageDecodeError, ValueError) as e:
         rows.append({"file": name, "error": str(e)})
     if not images:
-      return {"results": rows, "folder_test": None}
+      return {"results": rows, "folder_test": None, "adaptation": None}
     batch = np.stack(images)
-    scored = predict.score_images(self.predictor, self.fitted, batch)
+    scored = predict.score_images(self.predictor, self.fitted, batch, adapt=self.adapt)
+    adapted = scored.get("adapted")
     cams = (self.predictor.gradcam(batch) if gradcam and self.predictor.supports_gradcam
             else None)
     for k, i in enumerate(positions):
@@ -277,9 +283,13 @@ class Scorer:
           operating_point=scored["point"], ood_score=float(scored["ood_scores"][k]),
           in_distribution=accepted,
           label=CLASS_NAMES[label] if accepted else predict.OUT_OF_DISTRIBUTION)
+      if adapted and adapted["method"] != "none":  # Beside the model's own answer.
+        rows[i].update(adapted_probability=float(adapted["probs"][k]), adapted_label=(
+            CLASS_NAMES[int(adapted["labels"][k])] if accepted else predict.OUT_OF_DISTRIBUTION))
       if cams is not None:
         rows[i]["gradcam_png"] = base64.b64encode(overlay_png(displays[k], cams[k])).decode()
-    return {"results": rows, "folder_test": _folder_json(scored["folder_test"])}
+    return {"results": rows, "folder_test": _folder_json(scored["folder_test"]),
+            "adaptation": adapted and {"method": adapted["method"], "reason": adapted["reason"]}}
 
 
 def _refusal(status: int, detail: str, headers: dict | None = None) -> JSONResponse:
@@ -320,7 +330,8 @@ async def _read_uploads(files: list[UploadFile], limit: int, max_upload_mb: floa
 def create_app(workdir: str, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, scorer=None,
                token: str | None = None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
                max_concurrent: int = DEFAULT_MAX_CONCURRENT,
-               max_queue: int = DEFAULT_MAX_QUEUE, max_wait_s: float = DEFAULT_MAX_WAIT_S):
+               max_queue: int = DEFAULT_MAX_QUEUE, max_wait_s: float = DEFAULT_MAX_WAIT_S,
+               adapt: str = adaptation.AUTO):
   """The FastAPI application (scorer: a ready Scorer, e.g. shared by tests).
 
   token: when set, every route but the page and its static files needs
@@ -328,7 +339,7 @@ def create_app(workdir: str, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, score
   """
   check_token(token)
   queue = ScoringQueue(max_concurrent, max_queue, max_wait_s)
-  scorer = scorer or Scorer(workdir)
+  scorer = scorer or Scorer(workdir, adapt)
   limit = int(max_upload_mb * 1024 * 1024)
   page_html = _page_html(max_upload_mb, max_megapixels)
   app = FastAPI(title="cxr_jax", docs_url="/api/docs")

@@ -15,6 +15,9 @@ runs and root, ensemble creation, evaluate and the report writing there, export)
 holder. A second writer is refused before any work, naming the holder; a lock left by a
 killed process (the kernel released its flock) is taken over with a log line. Readers
 (predict, serve) never take it.
+
+Over 350 lines because everything a workdir's files mean is here, the one-writer lock
+and the config's added keys included: one place to learn a workdir.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import jax
 import ml_collections
 
 from cxr_jax import models
+from cxr_jax.data import augment
 from cxr_jax.models import kinds
 from cxr_jax.models import pca_logreg
 
@@ -160,27 +164,55 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 # Config keys added after workdirs were first trained, with the value that reproduces what
-# those workdirs did (per model kind; "*": every kind that trains by gradient). A loaded
-# config gets each one it lacks, so the code reads one value whatever the config's age.
+# those workdirs did: "all" for every kind, "gradient" for the kinds that train by gradient,
+# else per kind. A loaded config gets each one it lacks, so the code reads one value for a
+# key (configs/base.py states today's) whatever the config's age. This is history, not a
+# second set of defaults.
 ADDED_KEYS = {
-    "*": {"lr_end_factor": 0.01, "augment.policy_ops": 0, "augment.policy_magnitude": 0.0},
-    "mobilenet_v2": {"model.refit_batch_norm": False},
+    "all": {"name": "", "description": "", "operating_point": "val_f1",
+            "selection_metric": "f1", "class_weight": "balanced", "data.source": "folder",
+            "data.tfds_data_dir": "data/tensorflow_datasets", "data.split": "random",
+            "data.min_image_side": 1, "data.crop_border": 0.0, "ood.kind": "mahalanobis",
+            "ood.accept": 0.99, "ood.dims": 256, "ood.k": 10},
+    "gradient": {"lr_end_factor": 0.01, "label_smoothing": 0.0, "mixup_prob": 0.0,
+                 "mixup_alpha": 0.4, "ema_decay": 0.0, "augment.enabled": True,
+                 "augment.horizontal_flip": False, "model.refit_batch_norm": False,
+                 **{f"augment.{k}": v for k, v in augment.STRENGTHS.items()}},
+    "mobilenet_v2": {"model.bn_momentum": 0.999, "model.intensity": "none"},
 }
+RENAMED_KEYS = {"model.depthwise_impl": "model.ops"}  # Old name -> today's.
+
+
+def _node(config, key: str):
+  *parents, leaf = key.split(".")
+  node = config
+  for parent in parents:
+    if parent not in node:
+      with node.unlocked():
+        node[parent] = ml_collections.ConfigDict()
+    node = node[parent]
+  return node, leaf
 
 
 def with_added_keys(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` with every ADDED_KEYS entry it lacks, at its old value (in place; returned)."""
-  kind = config.model.get("name")
-  if not models.get(kind).trains_by_gradient:
-    return config
-  for key, value in {**ADDED_KEYS["*"], **ADDED_KEYS.get(kind, {})}.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for parent in parents:
-      node = node[parent]
+  kind = models.get(config.model.name)
+  for old, new in RENAMED_KEYS.items():
+    old_node, old_leaf = _node(config, old)
+    new_node, new_leaf = _node(config, new)
+    if old_leaf in old_node and new_leaf not in new_node:
+      with new_node.unlocked():
+        new_node[new_leaf] = old_node[old_leaf]
+  added = {**ADDED_KEYS["all"], **(ADDED_KEYS["gradient"] if kind.trains_by_gradient else {}),
+           **ADDED_KEYS.get(kind.name, {})}
+  for key, value in added.items():
+    node, leaf = _node(config, key)
     if leaf not in node:
       with node.unlocked():
         node[leaf] = value
+  if kind.trains_by_gradient and "ops" not in config.model:
+    with config.model.unlocked():
+      config.model.ops = "auto"
   return config
 
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxr_jax.evaluation import audit
-from cxr_jax.evaluation import perturbations
-from cxr_jax.evaluation import shift_study
+from cxr_jax.fits import audit
+from cxr_jax.fits import perturbations
+from cxr_lab import shift_study
 
 BUDGETS = (30, 60, 100, 150)
 TRIALS = 200

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -17,15 +16,14 @@ import subprocess
 
 import numpy as np
 
-from cxr_jax import data as data_lib
-from cxr_jax import sweep
+from cxr_lab import sweep
 from cxr_jax import workdir as workdir_lib
-from cxr_jax.evaluation import calibration
-from cxr_jax.evaluation import evaluate
-from cxr_jax.evaluation import fit
-from cxr_jax.evaluation import metrics as metrics_lib
-from cxr_jax.evaluation import predictor as predictor_lib
-from cxr_jax.evaluation import scoring
+from cxr_jax.metrics import calibration
+from cxr_jax import evaluate
+from cxr_jax.fits import fit
+from cxr_jax.metrics import classification as metrics_lib
+from cxr_jax import registry
+from cxr_jax.metrics import scoring
 from cxr_jax.tools import config_files
 from cxr_lab import study
 
@@ -88,7 +86,7 @@ def collect(plan: study.Plan) -> dict:
 
 
 def _tta_record(workdir: str, cache: dict) -> dict:
-  predictor = predictor_lib.load_predictor(workdir, tta=True)
+  predictor = registry.load_predictor(workdir, tta=True)
   data = sweep.load_split(cache, predictor.config.data, "validation")
   probs = predictor.probs(data.images)
   return {"log_loss": metrics_lib.log_loss(data.labels, probs),
@@ -183,7 +181,7 @@ def _score_runs(plan: study.Plan, label: str, entry: dict, cache: dict) -> dict:
   out = {}
   for seed in entry["runs"]:
     workdir = sweep.seed_workdir(plan.root, base, int(seed))
-    predictor = predictor_lib.load_predictor(workdir, tta=label != base)
+    predictor = registry.load_predictor(workdir, tta=label != base)
     temperature = fit.load_or_fit(predictor).calibration["temperature"]
     data = sweep.load_split(cache, predictor.config.data, "test")
     record, probs = _test_record(predictor, data, threshold, temperature)

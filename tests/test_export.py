@@ -12,8 +12,8 @@ import pytest
 
 from cxr_jax import data as data_lib
 from cxr_jax import export
-from cxr_jax.evaluation import fit
-from cxr_jax.evaluation import predictor as predictor_lib
+from cxr_jax.fits import fit
+from cxr_jax import registry
 from tests.conftest import REPO
 from tests.debug_runs import MOBILENET_DEBUG
 from tests.report.test_report import train_debug_workdirs
@@ -30,7 +30,7 @@ def mobilenet_workdir(debug_runs):
 
 
 def _serving(workdir):
-  predictor = predictor_lib.load_predictor(workdir)
+  predictor = registry.load_predictor(workdir)
   return predictor, export.serving_function(predictor, fit.load_or_fit(predictor))
 
 
@@ -44,7 +44,7 @@ def test_serving_function_is_the_predictor_with_calibration_and_ood(workdirs, ch
   fitted = fit.load_or_fit(predictor)
   probability, ood_score = map(np.asarray, serving.fn(test.images))
   out = predictor.predict(test.images)
-  from cxr_jax.evaluation import scoring  # pylint: disable=C0415
+  from cxr_jax.metrics import scoring  # pylint: disable=C0415
   np.testing.assert_allclose(probability, scoring.calibrate_probs(
       out.probs, fitted.calibration["temperature"]), atol=1e-5)
   # rtol: 6e-7 measured (2-core Zen 5), 1e-3 before the residual was computed stably.
@@ -84,7 +84,7 @@ def test_mobilenet_exports_to_onnx_with_a_dynamic_batch(mobilenet_workdir, chest
 
 
 def test_pca_is_refused_clearly(workdirs):
-  predictor = predictor_lib.load_predictor(str(workdirs / "pca_logreg"))
+  predictor = registry.load_predictor(str(workdirs / "pca_logreg"))
   with pytest.raises(ValueError, match="Export is for the neural networks"):
     export.serving_function(predictor, fit.load_or_fit(predictor))
 

@@ -10,25 +10,26 @@ from tests.conftest import REPO
 
 PACKAGE = os.path.join(REPO, "cxr_jax")
 
-# README.md, "How the code is laid out": `tools` -> `report`, `serve` -> `train`, `sweep`,
-# `export` -> `evaluation` -> `models`, `data` -> `ops`. Highest first; a module may import
-# its own tier and those below it, never one above. The modules the README's line leaves
-# out sit where what they import and who imports them put them; every module needs a tier.
+# docs/design.md, "How the code is laid out": the product's tiers, highest first. A module may
+# import its own tier and those below it, never one above. The lab (cxr_lab/: studies and
+# benchmarks) sits above them all; the product never imports it.
 TIERS = (
     ("tools",),
-    ("report", "serve"),
-    ("train", "sweep", "export", "config_checks", "train_step", "bench"),
-    ("evaluation",),
-    ("workdir", "model_card"),  # What each workdir file is; evaluation reads and writes them.
+    ("report", "serve", "predict"),  # predict draws Grad-CAM grids with the report's figures.
+    ("train", "evaluate", "export"),
+    ("registry", "config_checks"),  # The kinds' table: trainers and predictors meet here.
+    ("trainers", "inference", "fits"),
+    ("metrics", "workdir", "model_card"),
     ("models", "data"),
     ("ops", "checkpoints", "sharding", "runtime"),
 )
+LAB = os.path.join(REPO, "cxr_lab")
 
 
-def _modules() -> dict[str, str]:
+def _modules(package: str = PACKAGE) -> dict[str, str]:
   """Dotted module name -> path, for every module of the package."""
   out = {}
-  for root, _, files in os.walk(PACKAGE):
+  for root, _, files in os.walk(package):
     for name in files:
       if name.endswith(".py"):
         rel = os.path.relpath(os.path.join(root, name), REPO)[:-3].replace(os.sep, ".")
@@ -90,19 +91,46 @@ def test_imports_run_down_the_tiers():
 
 
 def test_an_import_up_the_tiers_is_found():
-  # A lower tier importing a higher one (the model registry importing the predictors, an
-  # evaluation module importing training) fails; imports within a tier or down are fine.
-  graph = {"cxr_jax.models": {"cxr_jax.evaluation.predictor"},
-           "cxr_jax.evaluation.ensemble": {"cxr_jax.train", "cxr_jax.evaluation.fit",
-                                            "cxr_jax.models.kinds"},
-           "cxr_jax.train": {"cxr_jax.config_checks", "cxr_jax.evaluation.fit"}}
+  # A lower tier importing a higher one (the model table importing the predictors, a
+  # trainer importing the kinds' table) fails; imports within a tier or down are fine.
+  graph = {"cxr_jax.models": {"cxr_jax.inference.predictors"},
+           "cxr_jax.trainers.ensemble": {"cxr_jax.registry", "cxr_jax.fits.fit",
+                                         "cxr_jax.models.kinds"},
+           "cxr_jax.train": {"cxr_jax.config_checks", "cxr_jax.fits.fit"}}
   assert tier_violations(graph) == [
-      "cxr_jax.evaluation.ensemble (evaluation) imports cxr_jax.train (train, sweep, export, "
-      "config_checks, train_step, bench), a higher tier",
-      "cxr_jax.models (models, data) imports cxr_jax.evaluation.predictor (evaluation), a "
-      "higher tier"]
-  assert tier_of("cxr_jax.evaluation.predictor") == tier_of("cxr_jax.evaluation")
+      "cxr_jax.models (models, data) imports cxr_jax.inference.predictors (trainers, "
+      "inference, fits), a higher tier",
+      "cxr_jax.trainers.ensemble (trainers, inference, fits) imports cxr_jax.registry "
+      "(registry, config_checks), a higher tier"]
+  assert tier_of("cxr_jax.inference.predictors") == tier_of("cxr_jax.trainers")
   assert tier_of("cxr_jax.nowhere") is None
+
+
+def _lab_imports() -> dict[str, set[str]]:
+  modules = {**_modules(), **_modules(LAB)}
+  return {m: {d for d in _imports(p, modules) if d.startswith("cxr_lab")}
+          for m, p in _modules().items()}
+
+
+def test_the_product_never_imports_the_lab():
+  imports = _lab_imports()
+  assert not {m: d for m, d in imports.items() if d}, "the product imports cxr_lab"
+
+
+def test_every_product_module_serves_a_product_command():
+  """A module of cxr_jax/ that no product command (launch.py, cxr_jax/tools/) reaches exists
+  only for studies or benchmarks: it belongs in cxr_lab/."""
+  graph = _graph()
+  seen, todo = set(), [m for m in graph if m.startswith("cxr_jax.tools")]
+  todo += sorted(_imports(os.path.join(REPO, "launch.py"), _modules()))
+  while todo:
+    m = todo.pop()
+    if m not in seen:
+      seen.add(m)
+      todo.extend(graph.get(m, ()))
+  packages = {m for m, p in _modules().items() if p.endswith("__init__.py")}
+  unreached = sorted(set(graph) - seen - packages)
+  assert not unreached, f"modules no product command uses (move them to cxr_lab/): {unreached}"
 
 
 def test_no_import_cycle_between_modules():
@@ -141,3 +169,21 @@ def test_library_never_defines_flags_nor_imports_the_command_lines():
       if isinstance(node, (ast.Import, ast.ImportFrom)):
         top = (node.module if isinstance(node, ast.ImportFrom) else node.names[0].name) or ""
         assert top.split(".")[0] != "configs", f"{module} imports the configs package"
+
+
+LONG = 350  # Lines a module may have without saying why.
+
+
+def test_a_long_module_says_why_at_its_top():
+  for module, path in {**_modules(), **_modules(LAB)}.items():
+    source = open(path).read()
+    if source.count("\n") > LONG:
+      docstring = ast.get_docstring(ast.parse(source)) or ""
+      assert f"Over {LONG} lines because" in docstring, f"{module} has no reason for its length"
+
+
+def test_no_function_is_longer_than_sixty_lines():
+  for module, path in {**_modules(), **_modules(LAB)}.items():
+    for node in ast.walk(ast.parse(open(path).read())):
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        assert node.end_lineno - node.lineno < 60, f"{module}.{node.name} is over 60 lines"

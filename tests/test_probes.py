@@ -26,8 +26,8 @@ from cxr_jax import export
 from cxr_jax import report
 from cxr_jax import train
 from cxr_jax import workdir as workdir_lib
-from cxr_jax.evaluation import evaluate
-from cxr_jax.evaluation import predict
+from cxr_jax import evaluate
+from cxr_jax import predict
 from cxr_jax.report import collect
 from tests.conftest import CHEST_XRAY, REPO, make_class_folder, require
 from tests.debug_runs import CNN_DEBUG
@@ -156,7 +156,7 @@ def test_unusable_files_are_counted_listed_and_dicom_is_used(tmp_path):
   os.symlink("loop_b", folder / "NORMAL" / "loop_a.jpeg")
   os.symlink("loop_a.jpeg", folder / "NORMAL" / "loop_b")
   os.symlink(str(tmp_path / "gone.jpeg"), folder / "PNEUMONIA" / "person9_virus_9.jpeg")
-  from tests.evaluation.test_predict import write_dicom  # pylint: disable=C0415
+  from tests.test_predict import write_dicom  # pylint: disable=C0415
   write_dicom(folder / "PNEUMONIA" / "person8_virus_8.dcm",
               np.random.default_rng(0).integers(0, 256, (70, 70), dtype=np.uint8))
   data = data_lib.load_folder(str(folder), data_lib.Preprocess(32, 1, min_side=32))

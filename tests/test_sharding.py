@@ -14,15 +14,16 @@ SCRIPT = r"""
 import json, sys
 import jax, jax.numpy as jnp, numpy as np
 from configs import cnn_v2
+from cxr_jax.trainers import phases
 from cxr_jax import models, sharding, train
-from cxr_jax import train_step as steps
+from cxr_jax.trainers import train_step as steps
 config = cnn_v2.get_config("debug")
 model = models.create_model(config.model)
 rng = np.random.default_rng(0)
 batch = {"image": rng.integers(0, 256, (16, 32, 32, 1), dtype=np.uint8),
          "label": np.array([0, 1] * 8, np.int32)}
 variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))
-phase = train.get_phases(config)[0]
+phase = phases.get_phases(config)[0]
 hparams = steps.phase_hparams(config, phase, 10, np.ones(2, np.float32))
 mesh = sharding.data_mesh()
 state = sharding.replicate(steps.create_state(model, variables, hparams), mesh)

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from configs import cnn_baseline, pca_logreg
+from cxr_jax.trainers import phases
 from cxr_jax import checkpoints
 from cxr_jax import train
-from cxr_jax import train_step as steps
-from cxr_jax.evaluation import evaluate
+from cxr_jax.trainers import train_step as steps
+from cxr_jax import evaluate
 from tests.conftest import REPO
 from tests.debug_runs import MOBILENET_DEBUG
 
@@ -77,12 +78,12 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, mo
   config.num_epochs = 2
   real_loss = steps.weighted_bce
   monkeypatch.setattr(steps, "weighted_bce", lambda *a: real_loss(*a) * float("nan"))
-  with pytest.raises(train.NonFiniteLossError, match="resume point of epoch 1 is kept"):
+  with pytest.raises(phases.NonFiniteLossError, match="resume point of epoch 1 is kept"):
     train.train_and_evaluate(config, workdir, allow_config_change=True)
   _, _, meta = checkpoints.RunCheckpoints(workdir).restore_latest()
   assert meta["progress"]["global_epoch"] == 1
   # Diverging before any epoch finished says so instead of claiming a checkpoint.
-  with pytest.raises(train.NonFiniteLossError, match="nothing was kept"):
+  with pytest.raises(phases.NonFiniteLossError, match="nothing was kept"):
     train.train_and_evaluate(config, str(tmp_path / "nan_first"))
 
 

@@ -23,11 +23,11 @@ from configs import cnn_v3
 from cxr_jax import data as data_lib
 from cxr_jax import export
 from cxr_jax import report
-from cxr_jax import sweep
+from cxr_lab import sweep
 from cxr_jax import train
 from cxr_jax import workdir as workdir_lib
-from cxr_jax.evaluation import evaluate
-from cxr_jax.evaluation import predict
+from cxr_jax import evaluate
+from cxr_jax import predict
 from tests.conftest import CHEST_XRAY, REPO, require
 
 HOLDER = """
@@ -140,10 +140,10 @@ def _writers(w: str, r: str, s: str, monkeypatch) -> dict:
   def no_work(*args, **kwargs):
     raise AssertionError("work started before the lock was taken")
   for module, name in ((data_lib, "load_train_val"), (data_lib, "load"),
-                       (evaluate, "evaluate_folder"), (export.predictor_lib, "load_predictor"),
+                       (evaluate, "evaluate_folder"), (export.registry, "load_predictor"),
                        (report.collect, "collect_all")):
     monkeypatch.setattr(module, name, no_work)
-  monkeypatch.setattr(train, "check_ensemble_members", lambda *args: None)
+  monkeypatch.setattr(train.ensemble, "check_members", lambda *args: None)
   return {
       "train": lambda: train.train_and_evaluate(_config(), w),
       "evaluate into the workdir": lambda: evaluate.evaluate_to_file(

@@ -26,7 +26,7 @@ SOURCES = ("tfds", "folder")
 
 
 def _source(data_config) -> str:
-  source = data_config.get("source", "folder")
+  source = data_config.source
   if source not in SOURCES:
     raise ValueError(f"config.data.source must be one of {SOURCES}; got {source!r}.")
   return source

@@ -55,9 +55,9 @@ def to_float(images: jax.Array) -> jax.Array:
 
 def strengths(aug_config) -> dict[str, float]:
   """The traced strengths of config.augment; all identity when augmentation is disabled."""
-  if not aug_config.get("enabled", True):
+  if not aug_config.enabled:
     return dict(STRENGTHS)
-  return {k: float(aug_config.get(k, identity)) for k, identity in STRENGTHS.items()}
+  return {k: float(aug_config[k]) for k in STRENGTHS}
 
 
 def _bilinear_sample(image: jax.Array, src_y: jax.Array, src_x: jax.Array) -> jax.Array:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -173,8 +172,7 @@ class Preprocess:
   @classmethod
   def from_config(cls, data_config) -> "Preprocess":
     return cls(int(data_config.image_size), int(data_config.channels),
-               int(data_config.get("min_image_side", 1)),
-               float(data_config.get("crop_border", 0.0)))
+               int(data_config.min_image_side), float(data_config.crop_border))
 
   @property
   def shape(self) -> tuple[int, int, int]:

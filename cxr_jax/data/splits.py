@@ -167,8 +167,8 @@ def blocked_patient_split(examples: Sequence[Example], val_fraction: float, seed
 
 
 def split_kind(data_config) -> str:
-  """config.data.split; configs from before it existed split at random."""
-  return str(data_config.get("split", DEFAULT_SPLIT_KIND))
+  """config.data.split."""
+  return str(data_config.split)
 
 
 def split_pool(examples: Sequence[Example], val_fraction: float, seed: int,

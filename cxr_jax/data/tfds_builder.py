@@ -24,6 +24,9 @@ manual dir whose files differ raises SourceChangedError naming them.
 `load_train_val` / `load_split` give the training pipeline the same arrays, labels,
 patient split and paths as `folder.load_train_val` / `folder.load_test` on the
 raw folder, building the dataset on first use.
+
+Over 350 lines because TFDS finds a builder by its module: the builder, the source that
+reads it and the checks tying it to the raw folder stay together.
 """
 
 from __future__ import annotations
@@ -330,7 +333,7 @@ def prepare(data_config) -> ChestXrayPneumonia:
   Built from `data_config.data_dir` on first use; afterwards that folder's files are
   hashed and compared with the record (SourceChangedError if they differ).
   """
-  data_dir = data_config.get("tfds_data_dir", DEFAULT_TFDS_DATA_DIR)
+  data_dir = data_config.tfds_data_dir
   builder = ChestXrayPneumonia(data_dir=data_dir)
   if not builder.is_prepared():
     logging.info("Building %s in %s from %s (first use).", builder.name, data_dir,
@@ -362,7 +365,7 @@ def _examples(builder: ChestXrayPneumonia, data_config, pool: bool
               ) -> tuple[list[splits.Example], dict[str, str]]:
   """The recorded training pool (or test files) as Examples, and {path: error} of bad ones."""
   examples, errors = [], {}
-  min_side = int(data_config.get("min_image_side", 1))
+  min_side = int(data_config.min_image_side)
   for e in builder.info.metadata["files"]:
     if (e["split"] != "test") == pool:
       path = os.path.join(data_config.data_dir, e["file_name"])

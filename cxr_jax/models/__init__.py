@@ -1,13 +1,14 @@
-"""Models: one registry of every model kind, Flax, scikit-learn and ensemble alike.
+"""Models: ALL_MODELS, every model kind, Flax, scikit-learn and ensemble alike.
 
-  models.get(name) -> ModelKind: trains, loads its Predictor, says what it supports (`kinds`)
+  models.get(name) -> ModelKind: what it is and what it supports (`kinds`; how it trains
+                      and loads: `cxr_jax.registry`)
   models.create_model(config.model) -> flax.linen.Module        (Flax kinds)
   models.apply_with_features(model, variables, images01) -> (logits, feature grid)
 
 Every Flax model takes float32 images in [0, 1], [B, H, W, C], returns one PNEUMONIA
 logit per image, [B], and sows its last spatial feature map (("intermediates",
-"feature_map"), [B, h, w, C]); `train` switches dropout and BatchNorm statistics. A new model is a
-module here plus one `register` line below, and a config in configs/.
+"feature_map"), [B, h, w, C]); `train` switches dropout and BatchNorm statistics. A new network is a
+module here, its line in ALL_MODELS below, and a config in configs/ (docs/design.md).
 
 Modules: `kinds` (the ModelKind protocol and the built-in kinds), `cnn` (the small CNNs),
 `mobilenet_v2` (keras.applications.MobileNetV2 in Flax), `keras_weights` (its strict .h5
@@ -31,28 +32,9 @@ from cxr_jax.models.kinds import SklearnKind
 from cxr_jax.models.kinds import Supports
 from cxr_jax.models.kinds import Trained
 
-_REGISTRY: dict[str, ModelKind] = {}
-
-
-def register(kind: ModelKind) -> ModelKind:
-  """Makes `kind` the one named `kind.name` (config.model.name); returns it."""
-  _REGISTRY[kind.name] = kind
-  return kind
-
-
-def names() -> list[str]:
-  return sorted(_REGISTRY)
-
-
-def get(name: str) -> ModelKind:
-  if name not in _REGISTRY:
-    raise ValueError(f"Unknown model {name!r} (config.model.name); known: {names()}.")
-  return _REGISTRY[name]
-
-
 def ops_impl(model_config) -> str:
-  """The config's `cxr_jax.ops` policy (older workdirs name it `depthwise_impl`)."""
-  return ops_lib.normalize(model_config.get("ops", model_config.get("depthwise_impl", "auto")))
+  """The config's `cxr_jax.ops` policy."""
+  return ops_lib.normalize(model_config.ops)
 
 
 def create_model(model_config) -> nn.Module:
@@ -127,18 +109,28 @@ def _mobilenet_v2(model_config):
       alpha=model_config.alpha, dropout_rate=model_config.dropout_rate,
       ops=ops_impl(model_config), weights=model_config.weights,
       weights_size=model_config.weights_size,
-      bn_momentum=model_config.get("bn_momentum", mobilenet.mobilenet_v2.BN_MOMENTUM),
-      intensity=model_config.get("intensity", "none"))
+      bn_momentum=model_config.bn_momentum,
+      intensity=model_config.intensity)
 
 
-register(FlaxKind("cnn_baseline", _cnn_baseline))
-register(FlaxKind("cnn_v2", _cnn))
-register(FlaxKind("cnn_v3", _cnn))
-register(FlaxKind("mobilenet_v2", _mobilenet_v2))
-register(SklearnKind("pca_logreg"))
-_ENSEMBLE = register(EnsembleKind("ensemble"))
+ENSEMBLE = "ensemble"  # The kind the ensemble command makes (train.create_ensemble).
+
+# Every model kind, by config.model.name.
+ALL_MODELS: dict[str, ModelKind] = {
+    "cnn_baseline": FlaxKind("cnn_baseline", _cnn_baseline),
+    "cnn_v2": FlaxKind("cnn_v2", _cnn),
+    "cnn_v3": FlaxKind("cnn_v3", _cnn),
+    "mobilenet_v2": FlaxKind("mobilenet_v2", _mobilenet_v2),
+    "pca_logreg": SklearnKind("pca_logreg"),
+    ENSEMBLE: EnsembleKind(ENSEMBLE),
+}
 
 
-def ensemble_kind() -> EnsembleKind:
-  """The kind the ensemble command makes (cxr_jax.train.create_ensemble)."""
-  return _ENSEMBLE
+def names() -> list[str]:
+  return sorted(ALL_MODELS)
+
+
+def get(name: str) -> ModelKind:
+  if name not in ALL_MODELS:
+    raise ValueError(f"Unknown model {name!r} (config.model.name); known: {names()}.")
+  return ALL_MODELS[name]

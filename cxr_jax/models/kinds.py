@@ -1,23 +1,15 @@
-"""Model kinds: each registered kind is one object that carries its own behaviour.
+"""Model kinds: what each kind is and what its trained models offer; nothing about how it
+trains or loads (`cxr_jax.registry` pairs each kind with its trainer and its predictor).
 
   kind = models.get(config.model.name)
-  kind.train(config, workdir, datasets)      -> Trained; `train.finish_run` ends every run
-  kind.load_predictor(workdir, config)       -> an `evaluation.predictor.Predictor`
-  kind.has_model(workdir)                    -> whether a trained model is saved there
-  kind.supports                              -> Supports: Grad-CAM, per-depth features,
-                                                AdaBN, export, OOD detector kinds
-  kind.trains_by_gradient                    -> whether the training and augment settings apply
+  kind.has_model(workdir)        -> whether a trained model is saved there
+  kind.supports                  -> Supports: Grad-CAM, per-depth features, AdaBN, export,
+                                    OOD detector kinds
+  kind.trains_by_gradient        -> whether the training and augment settings apply
+  kind.create_module(config.model) -> flax.linen.Module (Flax kinds)
 
 Built in: `FlaxKind` (one per network, with its module factory), `SklearnKind` (PCA +
 logistic regression) and `EnsembleKind` (a workdir that names trained member workdirs).
-
-Training and loading need modules above models/ in the import order (tests/test_layout.py:
-evaluation -> models), so a built-in kind takes those two behaviours from the module that
-owns them, when that module is imported: `cxr_jax.train` provides each kind's trainer and
-`cxr_jax.evaluation.predictor` its loader (`FlaxKind.provide(load_predictor=...)`). Both are
-reached through those modules (`train.train_and_evaluate`, `predictor.load_predictor`), so
-they are always provided by then. A new kind may instead define `train` and
-`load_predictor` itself; nothing outside models/ asks which kind it is.
 """
 
 from __future__ import annotations
@@ -33,9 +25,7 @@ from cxr_jax import checkpoints
 from cxr_jax.models import pca_logreg
 
 ENSEMBLE_FILE = "ensemble.json"  # The members and threshold of an ensemble workdir.
-# Where each behaviour of the built-in kinds is provided from (named in the error if missing).
-PROVIDERS = {"train": "cxr_jax.train", "load_predictor": "cxr_jax.evaluation.predictor"}
-MAHALANOBIS_AND_KNN = ("mahalanobis", "knn")  # evaluation.ood kinds fitted on any features.
+MAHALANOBIS_AND_KNN = ("mahalanobis", "knn")  # fits.ood detector kinds fitted on any features.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,14 +34,14 @@ class Supports:
   gradcam: bool  # Grad-CAM heatmaps of its last feature map.
   per_depth_features: bool  # Features hold one block per sown feature-map depth (the OOD
   #                          score takes the worst depth); else one block (pixels).
-  adabn: bool  # BatchNorm statistics re-estimated on a folder (evaluation.adaptation).
+  adabn: bool  # BatchNorm statistics re-estimated on a folder (inference.adaptation).
   export: bool  # One serving function for ONNX, SavedModel and LiteRT (cxr_jax.export).
-  ood_detectors: tuple[str, ...]  # The evaluation.ood detector kinds its features take.
+  ood_detectors: tuple[str, ...]  # The fits.ood detector kinds its features take.
 
 
 @dataclasses.dataclass
 class Trained:
-  """What a kind's `train` leaves for `train.finish_run`, which ends every run alike."""
+  """What a kind's trainer leaves for `train.finish_run`, which ends every run alike."""
   summary: dict  # Becomes train_summary.json.
   validation: Any = None  # The validation DecodedSet it chose on (None: decoded again).
   train: Any = None  # The training DecodedSet (None: decoded again for the OOD detector).
@@ -59,18 +49,13 @@ class Trained:
 
 
 class ModelKind(abc.ABC):
-  """A registered model kind: what it is, what it supports, how it trains and loads."""
+  """A model kind: what it is and what its trained models support."""
 
   supports: ClassVar[Supports]
   trains_by_gradient: ClassVar[bool] = False  # The train loop: optimizer, epochs, augment.
-  _provided: ClassVar[dict[str, Callable]] = {}
 
   def __init__(self, name: str):
     self.name = name
-
-  def __init_subclass__(cls, **kwargs):
-    super().__init_subclass__(**kwargs)
-    cls._provided = {}  # Each class its own: a subclass inherits through `_behaviour`.
 
   def __repr__(self) -> str:
     return f"{type(self).__name__}({self.name!r})"
@@ -79,37 +64,8 @@ class ModelKind(abc.ABC):
   def has_model(self, workdir: str) -> bool:
     """Whether `workdir` holds this kind's trained model (train_summary.json aside)."""
 
-  def train(self, config, workdir: str, datasets=None) -> Trained:
-    """Trains `config` into `workdir` (its lock held); datasets: (train, validation)."""
-    return self._behaviour("train")(self, config, workdir, datasets)
-
-  def load_predictor(self, workdir: str, config, batch_size: int | None = None, mesh=None):
-    """The trained model of `workdir` (trained with `config`) as a Predictor."""
-    return self._behaviour("load_predictor")(self, workdir, config, batch_size, mesh)
-
   def create_module(self, model_config):
     raise ValueError(f"Model {self.name!r} is a {type(self).__name__}, not a Flax module.")
-
-  @classmethod
-  def provide(cls, **behaviours: Callable) -> None:
-    """Gives this class (and its subclasses) `train` and/or `load_predictor`.
-
-    Each behaviour is fn(kind, *the method's arguments); the module that owns it calls
-    this at import (see the module docstring).
-    """
-    unknown = set(behaviours) - set(PROVIDERS)
-    if unknown:
-      raise ValueError(f"No such behaviour of a model kind: {sorted(unknown)}; "
-                       f"known: {sorted(PROVIDERS)}.")
-    cls._provided.update(behaviours)
-
-  def _behaviour(self, name: str) -> Callable:
-    for klass in type(self).__mro__:
-      fn = vars(klass).get("_provided", {}).get(name)
-      if fn is not None:
-        return fn
-    raise NotImplementedError(f"Model kind {self.name!r} has no {name}: {PROVIDERS[name]} "
-                              "provides it when imported.")
 
 
 class FlaxKind(ModelKind):

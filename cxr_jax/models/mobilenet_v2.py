@@ -47,7 +47,7 @@ dtypes; ~1 s), and initialise only what is not loaded (e.g. a new head).
 `train=True` normalises with batch statistics and updates `batch_stats`
 (call `apply(..., train=True, mutable=['batch_stats'])`).
 
-CPU training speed (`python -m cxr_jax.tools.bench`): besides the depthwise form, the 1x1
+CPU training speed (`python -m cxr_lab.tools.bench`): besides the depthwise form, the 1x1
 convolutions are matrix products whose backward reads a materialised gradient
 (`layers.Conv1x1`), BatchNorm and ReLU6 share one hand-written backward
 (`layers.BatchNormAct`), and the stem's kernel gradient is a patches matrix product

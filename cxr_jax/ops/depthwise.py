@@ -5,7 +5,7 @@ depthwise 3x3 convolutions dominate the run time when written the textbook way
 (`lax.conv_general_dilated` with `feature_group_count=C`): XLA:CPU has no fast
 grouped-convolution kernel, and the weight gradient of a grouped convolution is
 especially slow. The same op written as nine shifted multiply-adds is a handful of
-fused elementwise loops and is much faster on CPU (`python -m cxr_jax.tools.bench
+fused elementwise loops and is much faster on CPU (`python -m cxr_lab.tools.bench
 --depthwise`). On GPU/TPU the grouped convolution maps to cuDNN / the TPU
 convolution unit and is the fast form.
 

@@ -22,9 +22,9 @@ import numpy as np
 
 from cxr_jax import model_card
 from cxr_jax import workdir as workdir_lib
-from cxr_jax.evaluation import scoring
+from cxr_jax.metrics import scoring
 from cxr_jax.report import collect
-from cxr_jax.evaluation import figures
+from cxr_jax.report import figures
 from cxr_jax.report import sections
 
 FIGURES = "figures"
@@ -242,10 +242,12 @@ def build_report(entries: Sequence[collect.Entry], output_dir: str,
                  externals: dict[str, str] | None = None, train_missing: bool = False,
                  train_fn: Callable | None = None, target_sensitivity: float = 0.95,
                  sizes_dir: str | None = None, max_per_class: int = 0, n_boot: int = 1000,
-                 gradcam: str = "all", data_config=None, command: str | None = None) -> dict:
+                 gradcam: str = "all", data_config=None, command: str | None = None,
+                 adapt: str = "none") -> dict:
   """Collects every available model, selects on validation and writes the report.
 
   gradcam: "all" (every convolutional model), "best" (the selected one) or "none".
+  adapt: label-free adaptation of test and the external folders, reported beside.
   data_config: the data config of the EDA section when no model was collected.
   The output folder must not be an input (a workdir, a folder scored); it and every
   workdir written into are locked for the whole report.
@@ -256,21 +258,22 @@ def build_report(entries: Sequence[collect.Entry], output_dir: str,
   with contextlib.ExitStack() as stack:
     _writer_locks(stack, entries, output_dir, train_missing, max_per_class, command)
     return _build(entries, output_dir, externals, train_missing, train_fn, target_sensitivity,
-                  sizes_dir, max_per_class, n_boot, gradcam, data_config, command)
+                  sizes_dir, max_per_class, n_boot, gradcam, data_config, command, adapt)
 
 
 def _build(entries, output_dir, externals, train_missing, train_fn, target_sensitivity,
-           sizes_dir, max_per_class, n_boot, gradcam, data_config, command) -> dict:
+           sizes_dir, max_per_class, n_boot, gradcam, data_config, command, adapt) -> dict:
   start = time.time()
   cache = collect.DataCache(max_per_class)
   statuses, results, predictors = collect.collect_all(
-      entries, externals, cache, target_sensitivity, n_boot, train_missing, train_fn)
+      entries, externals, cache, target_sensitivity, n_boot, train_missing, train_fn, adapt)
   best = collect.select_best(results)
   if best:
     collect.log_progress(f"best model by validation F1: {best}")
   report = {"results": results, "statuses": statuses, "best": best, "externals": externals,
             "seeds": _sweep_spread(entries),
             "target_sensitivity": target_sensitivity, "max_per_class": max_per_class,
+            "adapt": adapt,
             "n_boot": n_boot, "command": command,
             "generated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M")}
   gradcam_items, report["gradcam_notes"] = _gradcams(report, predictors, cache, gradcam)

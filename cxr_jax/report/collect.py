@@ -22,11 +22,11 @@ from cxr_jax import workdir as workdir_lib
 from cxr_jax.data import decode
 from cxr_jax.data import dicom
 from cxr_jax.data import splits
-from cxr_jax.evaluation import cues
-from cxr_jax.evaluation import evaluate
-from cxr_jax.evaluation import fit
-from cxr_jax.evaluation import predictor as predictor_lib
-from cxr_jax.evaluation import scoring
+from cxr_jax.fits import cues
+from cxr_jax import evaluate
+from cxr_jax.fits import fit
+from cxr_jax import registry
+from cxr_jax.metrics import scoring
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,10 +51,10 @@ def entries_from_configs(configs, workdirs: str, seed: int | None = None) -> lis
     workdir = os.path.join(workdirs, config.name)
     if seed is not None:
       workdir = os.path.join(workdir, f"seed_{seed}")
-    weights = config.model.get("weights", "")
+    weights = config.model.weights if "weights" in config.model else ""  # A kind's own key.
     if weights.endswith(".h5") and not os.path.exists(weights) and not os.path.isdir(workdir):
       continue
-    out.append(Entry(config.name, workdir, config.get("description", ""), config))
+    out.append(Entry(config.name, workdir, config.description, config))
   return out
 
 
@@ -111,8 +111,8 @@ class DataCache:
     return self._cache[key]
 
 
-def _evaluate(predictor, data, description, fitted, n_boot) -> dict:
-  result = evaluate.evaluate_set(predictor, data, description, fitted, n_boot)
+def _evaluate(predictor, data, description, fitted, n_boot, adapt: str = "none") -> dict:
+  result = evaluate.evaluate_set(predictor, data, description, fitted, n_boot, adapt)
   for key in ("workdir", "model", "data_dir"):
     result.pop(key)
   return result
@@ -121,8 +121,11 @@ def _evaluate(predictor, data, description, fitted, n_boot) -> dict:
 def collect_model(predictor, name: str, description: str = "",
                   target_sensitivity: float = fit.DEFAULT_TARGET_SENSITIVITY,
                   externals: dict[str, str] | None = None, cache: DataCache | None = None,
-                  n_boot: int = 1000) -> dict:
-  """All numbers of one trained model: validation fits, train/validation/test/external scores."""
+                  n_boot: int = 1000, adapt: str = "none") -> dict:
+  """All numbers of one trained model: validation fits, train/validation/test/external scores.
+
+  adapt: label-free adaptation (inference.adaptation.CHOICES) of test and every external
+  folder, reported beside the model's own numbers."""
   cache = cache or DataCache()
   config = predictor.config
   log_progress(f"{name}: validation predictions and what is fitted on them")
@@ -135,7 +138,7 @@ def collect_model(predictor, name: str, description: str = "",
   log_progress(f"{name}: training-split OOD scores and test predictions")
   train = cache.split(config.data, "train")
   train_scores = fitted.detector.score(predictor.predict(train.images).features)
-  test = _evaluate(predictor, cache.split(config.data, "test"), "test", fitted, n_boot)
+  test = _evaluate(predictor, cache.split(config.data, "test"), "test", fitted, n_boot, adapt)
   external_scores = {}
   for ext_name, folder in (externals or {}).items():
     log_progress(f"{name}: external folder {ext_name} ({folder})")
@@ -144,7 +147,7 @@ def collect_model(predictor, name: str, description: str = "",
     except (FileNotFoundError, ValueError) as e:
       external_scores[ext_name] = {"folder": folder, "error": str(e)}
       continue
-    external_scores[ext_name] = dict(_evaluate(predictor, ext, folder, fitted, n_boot),
+    external_scores[ext_name] = dict(_evaluate(predictor, ext, folder, fitted, n_boot, adapt),
                                      folder=folder)
   summary = workdir_lib.read_json(workdir_lib.path(predictor.workdir,
                                                    workdir_lib.SUMMARY_FILE), {})
@@ -313,7 +316,8 @@ def parse_externals(items: Sequence[str]) -> dict[str, str]:
 
 def collect_all(entries: Sequence[Entry], externals: dict[str, str], cache: DataCache,
                 target_sensitivity: float, n_boot: int, train_missing: bool = False,
-                train_fn: Callable | None = None) -> tuple[list, list, dict]:
+                train_fn: Callable | None = None, adapt: str = "none"
+                ) -> tuple[list, list, dict]:
   """(statuses, results, predictors by name) of every entry; one broken workdir is skipped."""
   statuses, results, predictors = [], [], {}
   for entry in progress.bar(entries, len(entries), "report", unit="model"):
@@ -323,9 +327,9 @@ def collect_all(entries: Sequence[Entry], externals: dict[str, str], cache: Data
     if status["status"] == "skipped":
       continue
     try:
-      predictor = predictor_lib.load_predictor(entry.workdir)
+      predictor = registry.load_predictor(entry.workdir)
       results.append(collect_model(predictor, entry.name, entry.description,
-                                   target_sensitivity, externals, cache, n_boot))
+                                   target_sensitivity, externals, cache, n_boot, adapt))
       predictors[entry.name] = predictor
     except Exception as e:  # pylint: disable=broad-except
       logging.exception("Could not evaluate %s", entry.workdir)

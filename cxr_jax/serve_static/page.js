@@ -66,6 +66,10 @@ function card(r) {
       `(threshold ${r.threshold.toFixed(3)})`);
   add(text, 'p', `Out-of-distribution score ${r.ood_score.toPrecision(3)}: ` + (r.in_distribution
       ? 'like the training images' : 'UNLIKE the training images: no diagnosis'));
+  if (r.adapted_label) {  // Beside the model's own answer, never in its place.
+    add(text, 'p', `Adapted to these images (label-free): ${r.adapted_label}, ` +
+        `P(pneumonia) = ${r.adapted_probability.toFixed(3)}`, 'adapted');
+  }
   return node;
 }
 // While a request is out, the server's queue says whether it waits for a turn, and behind
@@ -104,6 +108,11 @@ document.getElementById('form').addEventListener('submit', async (e) => {
   status.textContent = `${body.results.length} file(s) scored.`;
   const folder = body.folder_test;  // Several files: the folder-level verdict, as text.
   if (folder) add(out, 'p', folder.summary, folder.shifted ? 'error' : '');
+  const adapted = body.adaptation;  // Label-free adaptation to this request's images.
+  if (adapted) add(out, 'p', adapted.method === 'none'
+      ? `Label-free adaptation not applied: ${adapted.reason}.`
+      : `Label-free adaptation applied (${adapted.method}; ${adapted.reason}): ` +
+        'each adapted answer is shown beside the model\'s own.');
   for (const r of body.results) out.appendChild(card(r));
 });
 loadModel();

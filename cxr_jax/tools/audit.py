@@ -8,7 +8,7 @@
 
 The first command scores every image below --data_dir (recursively; unreadable files
 are skipped and counted), picks --budget of them stratified on the model's probability
-(cxr_jax/evaluation/audit.py) and writes the sheet (path, stratum, probability,
+(cxr_jax/fits/audit.py) and writes the sheet (path, stratum, probability,
 predicted, label) and, beside it, `<sheet>.design.json`: the strata sizes, their
 predicted labels, the threshold and the model they were made with. The second prints
 accuracy, sensitivity and specificity of the whole folder at the workdir's default
@@ -27,11 +27,10 @@ import numpy as np
 from cxr_jax import data as data_lib
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.data.splits import CLASS_NAMES
-from cxr_jax.evaluation import audit
-from cxr_jax.evaluation import fit
-from cxr_jax.evaluation import predict
-from cxr_jax.evaluation import predictor as predictor_lib
-from cxr_jax.evaluation import scoring
+from cxr_jax.fits import audit
+from cxr_jax.fits import fit
+from cxr_jax import registry
+from cxr_jax.metrics import scoring
 from cxr_jax.tools import startup
 
 DEFAULT_BUDGET = 60
@@ -81,7 +80,7 @@ def _list_folder(data_dir: str, budget: int) -> list[str]:
 
 def _score(workdir: str, files: list[str]) -> dict:
   """The readable images' calibrated and own-scale probabilities, and the operating point."""
-  predictor = predictor_lib.load_predictor(workdir)
+  predictor = registry.load_predictor(workdir)
   fitted = fit.load_or_fit(predictor)
   decoded = data_lib.load_files(files, predictor.preprocess)
   point, raw_threshold = fit.operating_point(fitted.calibration, predictor.config)
@@ -132,7 +131,7 @@ def _load_design(csv_path: str, workdir: str) -> dict:
   if not isinstance(design, dict) or design.get("format") != DESIGN_FORMAT:
     raise ValueError(f"{path} is missing or not an audit design file; --labels needs the one "
                      "written beside the sheet by --data_dir.")
-  predictor = predictor_lib.load_predictor(workdir)
+  predictor = registry.load_predictor(workdir)
   config = predictor.config
   if (design["workdir_source"] != fit.source(predictor)
       or design["operating_point"] != fit.operating_point_name(config)):

@@ -19,10 +19,10 @@ import os
 from absl import flags
 
 from cxr_jax import data as data_lib
-from cxr_jax.evaluation import cues as cues_lib
-from cxr_jax.evaluation import figures
-from cxr_jax.evaluation import fit
-from cxr_jax.evaluation import predictor as predictor_lib
+from cxr_jax.fits import cues as cues_lib
+from cxr_jax.report import figures
+from cxr_jax.fits import fit
+from cxr_jax import registry
 from cxr_jax.tools import startup
 
 flags.DEFINE_string("workdir", None, "Trained workdir (its config names the data).",
@@ -61,7 +61,7 @@ def tables(report: dict) -> str:
 
 def main(argv):
   del argv  # None: startup.run refuses positional arguments.
-  predictor = predictor_lib.load_predictor(FLAGS.workdir)
+  predictor = registry.load_predictor(FLAGS.workdir)
   train, val = data_lib.load_train_val(predictor.config.data)
   sets = {"train": train, "validation": val}
   if FLAGS.data_dir:

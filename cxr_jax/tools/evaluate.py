@@ -12,12 +12,10 @@ import os  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 
 from cxr_jax import workdir as workdir_lib
-from cxr_jax.evaluation import evaluate
+from cxr_jax import evaluate
 from cxr_jax.tools import scoring_flags
 from cxr_jax.tools import startup
 
-flags.DEFINE_string("workdir", None, "Training workdir (holds config.json and checkpoints/).",
-                    required=True)
 flags.DEFINE_string("data_dir", None, "Folder with NORMAL/ and PNEUMONIA/; default: the "
                     "test/ split of the config's data_dir.")
 flags.DEFINE_string("output", None, "Where to write the metrics JSON; default "

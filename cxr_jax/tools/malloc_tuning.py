@@ -7,7 +7,7 @@ again: measured here, writing 51 MB into a fresh output takes 24 ms, into a reus
 one 5 ms. Transparent huge pages for malloc's mmaps (`glibc.malloc.hugetlb=1`) and
 large blocks kept on the heap (mmap and trim thresholds of 4 GiB) take that training
 step from ~2.3 s to ~1.4 s on 2 cores. TensorFlow gains as well; `python -m
-cxr_jax.tools.bench` runs Flax and Keras in one process, under the same settings.
+cxr_lab.tools.bench` runs Flax and Keras in one process, under the same settings.
 
 glibc reads GLIBC_TUNABLES only when a process starts, so every command-line entry point
 (cxr_jax/tools/*.py, launch.py) begins, before its heavy imports, with

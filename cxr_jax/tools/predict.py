@@ -12,12 +12,10 @@ from absl import flags
 
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.data import folder as folder_lib
-from cxr_jax.evaluation import predict
+from cxr_jax import predict
 from cxr_jax.tools import scoring_flags
 from cxr_jax.tools import startup
 
-flags.DEFINE_string("workdir", None, "Training workdir (config.json and the model).",
-                    required=True)
 flags.DEFINE_string("output", "predictions.csv", "CSV to write, one row per file.")
 flags.DEFINE_string("gradcam_dir", None, "Write a Grad-CAM overlay PNG per file here "
                     "(convolutional models only).")

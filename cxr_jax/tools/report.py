@@ -17,6 +17,7 @@ from absl import flags
 
 from cxr_jax import report
 from cxr_jax import train
+from cxr_jax.inference import adaptation
 from cxr_jax.report import collect
 from cxr_jax.tools import config_files
 from cxr_jax.tools import startup
@@ -44,6 +45,9 @@ flags.DEFINE_integer("max_per_class", 0, "> 0: limit validation, test and extern
 flags.DEFINE_integer("n_boot", 1000, "Bootstrap resamples for the confidence intervals.")
 flags.DEFINE_enum("gradcam", "all", ["all", "best", "none"], "Grad-CAM figures for every "
                   "convolutional model, the selected one only, or none.")
+flags.DEFINE_enum("adapt", adaptation.AUTO, list(adaptation.CHOICES), "Label-free "
+                  "adaptation of test and each external folder, reported beside the model's "
+                  "own numbers (auto: when the folder test calls the folder shifted).")
 FLAGS = flags.FLAGS
 
 
@@ -55,7 +59,8 @@ def main(argv):
                                    FLAGS.workdirs, FLAGS.seed), FLAGS.output,
       collect.parse_externals(FLAGS.external), FLAGS.train_missing, train.train_and_evaluate,
       FLAGS.target_sensitivity, FLAGS.sizes_dir, FLAGS.max_per_class, FLAGS.n_boot,
-      FLAGS.gradcam, command="python -m cxr_jax.tools.report " + " ".join(sys.argv[1:]))
+      FLAGS.gradcam, command="python -m cxr_jax.tools.report " + " ".join(sys.argv[1:]),
+      adapt=FLAGS.adapt)
   print(f"Wall time: {time.time() - start:.1f}s")
 
 

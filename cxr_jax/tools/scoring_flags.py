@@ -1,12 +1,15 @@
-"""The flags `evaluate` and `predict` share: how a workdir's model scores the images."""
+"""The flags `evaluate` and `predict` share: which workdir's model scores the images, and how."""
 
 from absl import flags
 
-from cxr_jax.evaluation import adaptation
+from cxr_jax.inference import adaptation
 
 
 def define(adapt_help: str) -> None:
-  """--batch_size, --tta and --adapt; adapt_help says what adapting means to the command."""
+  """--workdir, --batch_size, --tta and --adapt; adapt_help says what adapting means to the
+  command."""
+  flags.DEFINE_string("workdir", None, "Trained workdir (config.json and the model).",
+                      required=True)
   flags.DEFINE_integer("batch_size", None, "Inference batch size; default from the config.")
   flags.DEFINE_bool("tta", False, "Average the probabilities over small shifts and scales.")
-  flags.DEFINE_enum("adapt", "none", list(adaptation.METHODS), adapt_help)
+  flags.DEFINE_enum("adapt", adaptation.AUTO, list(adaptation.CHOICES), adapt_help)

@@ -18,6 +18,7 @@ import os  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from cxr_jax import serve
+from cxr_jax.inference import adaptation
 from cxr_jax.tools import startup
 
 flags.DEFINE_string("workdir", None, "Trained workdir.", required=True)
@@ -37,6 +38,10 @@ flags.DEFINE_integer("max_queue", serve.DEFAULT_MAX_QUEUE,
 flags.DEFINE_float("max_wait_s", serve.DEFAULT_MAX_WAIT_S,
                    "Longest a queued request waits for its turn (seconds); then it gets 503 "
                    "with Retry-After.")
+flags.DEFINE_enum("adapt", adaptation.AUTO, list(adaptation.CHOICES),
+                  "Label-free adaptation to each request's images, answered beside the "
+                  "model's own (auto: when the folder test calls them shifted and they are "
+                  "enough).")
 FLAGS = flags.FLAGS
 
 
@@ -48,7 +53,8 @@ def main(argv):
   application = serve.create_app(FLAGS.workdir, FLAGS.max_upload_mb, token=token,
                                  max_megapixels=FLAGS.max_megapixels,
                                  max_concurrent=FLAGS.max_concurrent,
-                                 max_queue=FLAGS.max_queue, max_wait_s=FLAGS.max_wait_s)
+                                 max_queue=FLAGS.max_queue, max_wait_s=FLAGS.max_wait_s,
+                                 adapt=FLAGS.adapt)
   print(f"Serving {FLAGS.workdir} on http://{FLAGS.host}:{FLAGS.port}/"
         f"{' (access token required)' if token else ''} (Ctrl-C stops)", flush=True)
   uvicorn.run(application, host=FLAGS.host, port=FLAGS.port, log_level="warning")

@@ -21,9 +21,9 @@ from absl import flags
 import numpy as np
 
 from cxr_jax import data as data_lib
-from cxr_jax.evaluation import audit
-from cxr_jax.evaluation import fit
-from cxr_jax.evaluation import predictor as predictor_lib
+from cxr_jax.fits import audit
+from cxr_jax.fits import fit
+from cxr_jax import registry
 from cxr_jax.tools import startup
 from cxr_lab import audit_sim
 
@@ -115,7 +115,7 @@ def main(argv):
   del argv  # None: startup.run refuses positional arguments.
   start = time.time()
   budgets = [int(b) for b in FLAGS.budgets]
-  predictor = predictor_lib.load_predictor(FLAGS.workdir)
+  predictor = registry.load_predictor(FLAGS.workdir)
   train, val = data_lib.load_train_val(predictor.config.data)
   fitted = fit.load_or_fit(predictor, validation=val, train=train)
   point, threshold = fit.operating_point(fitted.calibration, predictor.config)

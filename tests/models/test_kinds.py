@@ -1,8 +1,10 @@
-"""The model-kind protocol: every registered kind answers it, and a new kind needs nothing else.
+"""The model-kind protocol: every kind of the tables answers it, and a new kind needs nothing
+but docs/design.md's recipe.
 
-A fourth kind defined here (the mean brightness of each image quadrant, through a logistic
-regression) is trained, finished, checked and loaded by the same calls as the built-in
-kinds, without a line of cxr_jax changed.
+A new kind defined here (the mean brightness of each image quadrant, through a logistic
+regression) as the recipe says, a ModelKind, a trainer, a Predictor and one line in each
+table, is trained, finished, checked and loaded by the same calls as the built-in kinds,
+without a line of cxr_jax changed.
 """
 
 from __future__ import annotations
@@ -16,16 +18,17 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from configs import pca_logreg as pca_config
+from cxr_jax import registry
 from cxr_jax import models
 from cxr_jax import train
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.data import dataset
-from cxr_jax.evaluation import adaptation
-from cxr_jax.evaluation import evaluate
-from cxr_jax.evaluation import fit
-from cxr_jax.evaluation import ood
-from cxr_jax.evaluation import predictor as predictor_lib
-from cxr_jax.models import kinds
+from cxr_jax.inference import adaptation
+from cxr_jax import evaluate
+from cxr_jax.fits import fit
+from cxr_jax.fits import ood
+from cxr_jax.inference import predictors as predictor_lib
+from cxr_jax.metrics import classification as metrics_lib
 
 BUILT_IN = {"cnn_baseline": models.FlaxKind, "cnn_v2": models.FlaxKind,
             "cnn_v3": models.FlaxKind, "mobilenet_v2": models.FlaxKind,
@@ -50,8 +53,8 @@ def test_every_kind_answers_every_protocol_question(name, tmp_path):
       assert isinstance(value, bool), (field.name, value)
   assert isinstance(kind.trains_by_gradient, bool)
   assert kind.has_model(str(tmp_path)) is False  # An empty folder holds no model.
-  for behaviour in kinds.PROVIDERS:  # train and evaluation.predictor are imported here.
-    assert callable(kind._behaviour(behaviour)), behaviour
+  entry = registry.get(name)  # Its trainer and its loader, from the one table.
+  assert entry.kind is kind and callable(entry.trainer) and callable(entry.loader)
 
 
 def test_what_each_built_in_kind_supports():
@@ -65,21 +68,19 @@ def test_what_each_built_in_kind_supports():
     sklearn.create_module(pca_config.get_config().model)
 
 
-def test_a_behaviour_not_provided_names_its_module():
-  class Bare(models.ModelKind):
-    supports = models.Supports(False, False, False, False, ("knn",))
-
-    def has_model(self, workdir):
-      return False
-
-  with pytest.raises(NotImplementedError, match="cxr_jax.evaluation.predictor"):
-    Bare("bare").load_predictor("w", None)
-  with pytest.raises(ValueError, match="No such behaviour"):
-    Bare.provide(evaluate=print)
+def test_the_two_tables_list_the_same_kinds_and_nothing_is_injected():
+  """models.ALL_MODELS says what each kind is, registry.ALL_KINDS how it trains and loads;
+  a kind carries no training or loading of its own, whatever was imported before."""
+  assert sorted(registry.ALL_KINDS) == models.names()
+  for name in models.names():
+    assert not hasattr(models.get(name), "train")
+    assert not hasattr(models.get(name), "load_predictor")
+  with pytest.raises(ValueError, match="Unknown model 'nope'"):
+    registry.get("nope")
 
 
 # ---------------------------------------------------------------------------
-# A fourth kind, all of it here.
+# A new kind, all of it here.
 
 MODEL_FILE = "quadrants.npz"
 
@@ -112,20 +113,26 @@ class QuadrantKind(models.ModelKind):
   def has_model(self, workdir):
     return os.path.exists(os.path.join(workdir, MODEL_FILE))
 
-  def train(self, config, workdir, datasets=None):
-    train_set, val = datasets
-    fitted = LogisticRegression().fit(_quadrant_means(train_set.images), train_set.labels)
-    np.savez(os.path.join(workdir, MODEL_FILE), coef=fitted.coef_[0],
-             intercept=fitted.intercept_)
-    probs = fitted.predict_proba(_quadrant_means(val.images))[:, 1]
-    summary = {"model": self.name, "name": config.name, "val": train.validation_metrics(
-        val.labels, probs), "val_threshold": 0.5}
-    return models.Trained(summary, val, train_set, done="Done: quadrants.")
 
-  def load_predictor(self, workdir, config, batch_size=None, mesh=None):
-    z = np.load(os.path.join(workdir, MODEL_FILE))
-    return QuadrantPredictor(workdir, config, z["coef"], float(z["intercept"][0]),
-                             {"threshold": 0.5})
+
+def train_quadrants(kind, config, workdir, datasets=None):
+  """The new kind's trainer (what trainers/ would hold)."""
+  train_set, val = datasets
+  fitted = LogisticRegression().fit(_quadrant_means(train_set.images), train_set.labels)
+  np.savez(os.path.join(workdir, MODEL_FILE), coef=fitted.coef_[0],
+           intercept=fitted.intercept_)
+  probs = fitted.predict_proba(_quadrant_means(val.images))[:, 1]
+  summary = {"model": kind.name, "name": config.name, "val": metrics_lib.validation_metrics(
+      val.labels, probs), "val_threshold": 0.5}
+  return models.Trained(summary, val, train_set, done="Done: quadrants.")
+
+
+def load_quadrants(kind, workdir, config, batch_size=None, mesh=None):
+  """The new kind's predictor loader (what inference/predictors.py would hold)."""
+  del kind, batch_size, mesh
+  z = np.load(os.path.join(workdir, MODEL_FILE))
+  return QuadrantPredictor(workdir, config, z["coef"], float(z["intercept"][0]),
+                           {"threshold": 0.5})
 
 
 def _set(n: int, seed: int) -> dataset.DecodedSet:
@@ -140,7 +147,10 @@ def _set(n: int, seed: int) -> dataset.DecodedSet:
 @pytest.fixture
 def quadrant_kind(monkeypatch):
   kind = QuadrantKind("quadrants")
-  monkeypatch.setitem(models._REGISTRY, kind.name, kind)  # pylint: disable=protected-access
+  # Its line in each table (models.ALL_MODELS and registry.ALL_KINDS).
+  monkeypatch.setitem(models.ALL_MODELS, kind.name, kind)
+  monkeypatch.setitem(registry.ALL_KINDS, kind.name,
+                      registry.Entry(kind, train_quadrants, load_quadrants))
   return kind
 
 
@@ -164,7 +174,7 @@ def test_a_new_kind_trains_finishes_and_loads_through_the_common_path(quadrant_k
   for name in (workdir_lib.SUMMARY_FILE, workdir_lib.CALIBRATION_FILE, workdir_lib.OOD_FILE,
                workdir_lib.SHIFT_FILE, "MODEL_CARD.md"):  # finish_run, as for every kind.
     assert os.path.exists(os.path.join(workdir, name)), name
-  predictor = predictor_lib.load_predictor(workdir)
+  predictor = registry.load_predictor(workdir)
   assert isinstance(predictor, QuadrantPredictor) and predictor.kind is quadrant_kind
   fitted = fit.load_or_fit(predictor)
   assert fitted.reused and fitted.detector.kind == "mahalanobis"

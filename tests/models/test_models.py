@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from configs import cnn_baseline, cnn_v2, cnn_v3
+from cxr_jax.trainers import phases
 from cxr_jax import models
-from cxr_jax import train
-from cxr_jax import train_step as steps
+from cxr_jax.trainers import train_step as steps
 
 
 @pytest.mark.parametrize("config_module", [cnn_baseline, cnn_v2, cnn_v3])
@@ -34,7 +34,7 @@ def test_train_step_lowers_the_loss_on_a_tiny_batch():
            "label": np.array([0, 1] * 4, np.int32)}
   batch["image"][batch["label"] == 1] //= 2  # A learnable difference.
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))
-  phase = train.get_phases(config)[0]
+  phase = phases.get_phases(config)[0]
   hparams = steps.phase_hparams(config, phase, 20, np.ones(2, np.float32))
   state = steps.create_state(model, variables, hparams)
   step = jax.jit(steps.make_train_step(model), donate_argnums=(0,))
@@ -55,10 +55,10 @@ def test_class_weights_balance_the_classes():
 
 def test_mobilenet_head_phase_trains_only_the_head():
   from configs import mobilenet
-  config = mobilenet.get_config("v1")  # Its fine-tuning phase trains the last 6 blocks.
+  config = mobilenet.get_config("last6")  # Its fine-tuning phase trains the last 6 blocks.
   model = models.create_model(config.model)
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))["params"]
-  head, fine_tune = [train.get_phases(config)[i] for i in (0, 1)]
+  head, fine_tune = [phases.get_phases(config)[i] for i in (0, 1)]
   trained = lambda phase: {"/".join(getattr(k, "key", str(k)) for k in path)
                            for path, m in jax.tree_util.tree_leaves_with_path(
                                steps.trainable_mask(params, phase, model)) if m}

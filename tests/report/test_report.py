@@ -16,9 +16,9 @@ from PIL import Image
 from configs import cnn_baseline, cnn_v2, cnn_v3, mobilenet, mobilenet_alpha1, pca_logreg
 from cxr_jax import report
 from cxr_jax import train
-from cxr_jax.evaluation import calibration
-from cxr_jax.evaluation import predictor as predictor_lib
-from cxr_jax.evaluation import scoring
+from cxr_jax.metrics import calibration
+from cxr_jax import registry
+from cxr_jax.metrics import scoring
 from cxr_jax.report import collect
 from tests.conftest import REPO, make_class_folder
 
@@ -125,7 +125,7 @@ def test_report_end_to_end(workdirs, chest_xray_dir, fullres_dir, tmp_path):
   best = max(data["results"], key=lambda r: r["validation"][AT_VAL]["f1"])
   assert data["best"] == best["name"] == result["best"]
   for name, r in by_name.items():
-    predictor = predictor_lib.load_predictor(str(workdirs / name))
+    predictor = registry.load_predictor(str(workdirs / name))
     assert r["thresholds"][scoring.VALIDATION_THRESHOLD] == pytest.approx(predictor.threshold)
     val_paths, labels, probs = scoring.prediction_arrays(r["validation"]["predictions"])
     assert r["temperature"] == pytest.approx(
@@ -142,7 +142,7 @@ def test_external_folder_without_classes_is_reported(workdirs, tmp_path):
   bad.mkdir()
   (bad / "x.jpeg").write_bytes(b"")
   cache = collect.DataCache(max_per_class=4)
-  predictor = predictor_lib.load_predictor(str(workdirs / "pca_logreg"))
+  predictor = registry.load_predictor(str(workdirs / "pca_logreg"))
   r = collect.collect_model(predictor, "pca_logreg", externals={"bad": str(bad)}, cache=cache,
                             n_boot=20)
   assert "NORMAL" in r["externals"]["bad"]["error"]

@@ -2,7 +2,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -62,9 +61,11 @@ def test_prepare_main_acts_only_in_the_program_itself(monkeypatch):
 def test_every_entry_point_starts_with_the_one_preamble():
   import ast  # pylint: disable=g-import-not-at-top
   # The commands that start through startup.run (browser_check only drives a browser).
-  entry_points = [p for p in sorted((REPO / "cxr_jax" / "tools").glob("*.py"))
-                  if "from cxr_jax.tools import startup" in p.read_text()] + [REPO / "launch.py"]
-  assert len(entry_points) > 10
+  tools = sorted((REPO / "cxr_jax" / "tools").glob("*.py")) + sorted(
+      (REPO / "cxr_lab" / "tools").glob("*.py"))
+  entry_points = [p for p in tools if "from cxr_jax.tools import startup" in p.read_text()] + [
+      REPO / "launch.py"]
+  assert len(entry_points) > 18
   for path in entry_points:
     name = str(path.relative_to(REPO))
     body = ast.parse(path.read_text()).body
