@@ -120,11 +120,9 @@ def render_data(report: dict, figs: dict) -> list[str]:
   eda = report.get("eda")
   if not eda:
     return []
-  lines = ["## Data\n",
-           f"`{eda['data_dir']}`; validation = {eda['val_fraction']:.0%} of `train/` per class, "
-           f"grouped by patient (seed {eda['split_seed']}).\n",
-           "| split | NORMAL | PNEUMONIA | total | % PNEUMONIA | patients |\n"
-           "|---|---|---|---|---|---|"]
+  lines = table_start("Data", f"`{eda['data_dir']}`; validation = {eda['val_fraction']:.0%} "
+                      f"of `train/` per class, grouped by patient (seed {eda['split_seed']}).",
+                      ["split", "NORMAL", "PNEUMONIA", "total", "% PNEUMONIA", "patients"])
   for split, c in eda["counts"].items():
     total = sum(c.values())
     lines.append(f"| {split} | {c['NORMAL']} | {c['PNEUMONIA']} | {total} | "
@@ -148,16 +146,16 @@ def render_data(report: dict, figs: dict) -> list[str]:
 
 
 def render_cues(report: dict, figs: dict) -> list[str]:
-  """What separates the classes without looking at the lungs (evaluation/cues.py)."""
+  """What separates the classes without looking at the lungs (fits/cues.py)."""
   found = report.get("cues")
   if not found:
     return []
-  lines = ["## Acquisition cues: what separates the classes without the lungs?\n",
-           "Each cue's ROC AUC for PNEUMONIA on its own (0.5: no information; far from 0.5 "
-           "on training: a shortcut a model can learn). `python -m cxr_jax.tools.cue_report` "
-           "adds the model's sensitivity to each cue and any labelled folder.\n",
-           "| cue | AUC train | AUC validation | median NORMAL (train) | median PNEUMONIA (train) |",
-           "|---|---|---|---|---|"]
+  lines = table_start(
+      "Acquisition cues: what separates the classes without the lungs?", "Each cue's ROC AUC "
+      "for PNEUMONIA on its own (0.5: no information; far from 0.5 on training: a shortcut a "
+      "model can learn). `python -m cxr_jax.tools.cue_report` adds the model's sensitivity to "
+      "each cue and any labelled folder.",
+      ["cue", "AUC train", "AUC validation", "median NORMAL (train)", "median PNEUMONIA (train)"])
   for cue, row in found["train"].items():
     medians = [(row[c] or {}).get("median") for c in ("NORMAL", "PNEUMONIA")]
     cells = [f(row["auc"], 2), f(found["validation"][cue]["auc"], 2)] + [
@@ -186,17 +184,23 @@ def render_models(report: dict, figs: dict) -> list[str]:
   return lines + [""]
 
 
+def table_start(title: str, intro: str, columns: list[str]) -> list[str]:
+  """A section's heading, its paragraph, and the header of its table."""
+  return [f"## {title}\n", f"{intro}\n", "| " + " | ".join(columns) + " |\n|"
+          + "---|" * len(columns)]
+
+
 def render_comparison(report: dict, figs: dict) -> list[str]:
   results, best = report["results"], report.get("best")
   if not results:
     return []
-  lines = ["## Comparison\n",
-           "Selection uses the **validation log loss only**; ★ marks the selected model. "
-           "Test columns at each model's default operating point; the 95% bootstrap CIs "
-           "are at its validation-F1 threshold (Operating points).\n",
-           "| model | val log loss | val AUC | operating point | test accuracy | test precision "
-           "| test recall | test specificity | test F1 | test ROC AUC |\n"
-           "|---|---|---|---|---|---|---|---|---|---|"]
+  lines = table_start(
+      "Comparison", "Selection uses the **validation log loss only**; ★ marks the selected "
+      "model. Test columns at each model's default operating point; the 95% bootstrap CIs "
+      "are at its validation-F1 threshold (Operating points).",
+      ["model", "val log loss", "val AUC", "operating point"]
+      + [f"test {k}" for k in ("accuracy", "precision", "recall", "specificity", "F1",
+                               "ROC AUC")])
   for r in results:
     v = r["validation"][AT_VAL]
     m = r["test"][r["default_point"]]
@@ -267,21 +271,19 @@ def render_operating_points(report: dict, figs: dict) -> list[str]:
 
 
 def render_calibration(report: dict, figs: dict) -> list[str]:
-  results, best = report["results"], report.get("best")
-  if not results:
+  if not report["results"]:
     return []
-  lines = ["## Calibration\n",
-           "Expected calibration error (15 equal-width bins of the PNEUMONIA probability) "
-           "before and after temperature scaling; T minimises the validation negative "
-           "log-likelihood of sigmoid(logit / T). Temperature scaling is monotonic: "
-           "thresholds, ROC and labels are unchanged.\n",
-           "| model | T | val ECE before | val ECE after | test ECE before | test ECE after |\n"
-           "|---|---|---|---|---|---|"]
-  for r in results:
+  lines = table_start(
+      "Calibration", "Expected calibration error (15 equal-width bins of the PNEUMONIA "
+      "probability) before and after temperature scaling; T minimises the validation negative "
+      "log-likelihood of sigmoid(logit / T). Temperature scaling is monotonic: thresholds, ROC "
+      "and labels are unchanged.",
+      ["model", "T", "val ECE before", "val ECE after", "test ECE before", "test ECE after"])
+  for r in report["results"]:
     v, t = r["validation"], r["test"]
     lines.append(f"| {r['name']} | {r['temperature']:.3f} | {f(v['ece'])} | "
                  f"{f(v['ece_calibrated'])} | {f(t['ece'])} | {f(t['ece_calibrated'])} |")
-  return lines + ["", img(figs.get("reliability"), f"reliability diagram of {best}")]
+  return lines + ["", img(figs.get("reliability"), f"reliability diagram of {report.get('best')}")]
 
 
 def render_training(report: dict, figs: dict) -> list[str]:

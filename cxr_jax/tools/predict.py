@@ -16,13 +16,13 @@ from cxr_jax import predict
 from cxr_jax.tools import scoring_flags
 from cxr_jax.tools import startup
 
+scoring_flags.define("Label-free adaptation to the given files (their images only); answered "
+                     "beside the model's own (adapted_* columns).")
 flags.DEFINE_string("output", "predictions.csv", "CSV to write, one row per file.")
 flags.DEFINE_string("gradcam_dir", None, "Write a Grad-CAM overlay PNG per file here "
                     "(convolutional models only).")
 flags.DEFINE_float("target_sensitivity", None, "Label at the highest threshold reaching "
                    "this validation sensitivity instead of the validation-F1 threshold.")
-scoring_flags.define("Label-free adaptation to the given files (their images only); labels "
-                     "then at 0.5 of the adapted probabilities.")
 FLAGS = flags.FLAGS
 
 
