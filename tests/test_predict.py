@@ -149,3 +149,35 @@ def test_expand_paths_recurses_and_keeps_explicit_files(tmp_path):
   found = [os.path.relpath(p, inputs) for p in data_lib.expand_paths([str(inputs)])]
   assert found == ["a.jpeg", "broken.jpeg", "sub/b.png", "sub/deeper/scan.dcm", "sub/same.png"]
   assert data_lib.expand_paths([str(inputs / "notes.txt")]) == [str(inputs / "notes.txt")]
+
+
+def test_adapted_answers_come_beside_the_models_own(workdirs, tmp_path, chest_xray_dir):
+  """--adapt never replaces an answer: the own columns are those of --adapt=none, and the
+  adapted_* columns say what adaptation made of the same files."""
+  workdir = str(workdirs / "cnn_baseline")  # Its BatchNorm-free net: the prior adapts.
+  files = sorted((chest_xray_dir / "test" / "NORMAL").iterdir())[:6]
+  own = predict.predict_files(workdir, files, str(tmp_path / "own.csv"), adapt="none")
+  adapted = predict.predict_files(workdir, files, str(tmp_path / "adapted.csv"),
+                                  adapt="adabn+prior")
+  rows_own, rows_adapted = read_csv(tmp_path / "own.csv"), read_csv(tmp_path / "adapted.csv")
+  for name, row in rows_own.items():
+    for column in ("probability", "label_name", "threshold", "operating_point"):
+      assert rows_adapted[name][column] == row[column], column
+    assert row["adapted_probability"] == "" and row["adaptation"] == ""  # None asked for.
+    assert rows_adapted[name]["adaptation"] == "adabn+prior"
+    assert 0 <= float(rows_adapted[name]["adapted_probability"]) <= 1
+  assert adapted["adaptation"]["method"] == "adabn+prior" and own["adaptation"] == {}
+
+
+def test_auto_adapts_only_a_shifted_folder_of_enough_images(monkeypatch):
+  from cxr_jax.inference import adaptation  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(adaptation, "AUTO_METHOD", "balanced+prior")
+  monkeypatch.setattr(adaptation, "AUTO_MIN_IMAGES", 50)
+  assert adaptation.resolve("adabn", 3, False) == ("adabn", "--adapt=adabn")
+  assert adaptation.resolve("auto", 500, False)[0] == "none"
+  assert adaptation.resolve("auto", 500, None)[0] == "none"  # No verdict: no adaptation.
+  method, reason = adaptation.resolve("auto", 20, True)
+  assert method == "none" and "fewer than the 50" in reason
+  assert adaptation.resolve("auto", 50, True)[0] == "balanced+prior"
+  monkeypatch.setattr(adaptation, "AUTO_METHOD", None)
+  assert adaptation.resolve("auto", 500, True)[0] == "none"

@@ -120,6 +120,23 @@ def test_predict_scores_each_file_and_reports_unreadable_ones(client, chest_xray
       folder["summary"])
   one = client.post("/api/predict", files=[("files", ("xray.jpeg", xray, "image/jpeg"))])
   assert one.json()["folder_test"] is None
+  # The default --adapt=auto: two images are too few to adapt to, and the page says why.
+  adaptation = response.json()["adaptation"]
+  assert adaptation["method"] == "none" and adaptation["reason"].startswith("auto")
+  assert "adapted_label" not in rows["xray.jpeg"]
+
+
+def test_adapted_answers_are_shown_beside_the_models_own(scorer, chest_xray_dir):
+  adapting = serve.Scorer.__new__(serve.Scorer)
+  adapting.__dict__.update(scorer.__dict__, adapt="adabn+prior")
+  files = sorted((chest_xray_dir / "test" / "NORMAL").iterdir())[:3]
+  out = adapting.score([(f.name, f.read_bytes()) for f in files], gradcam=False)
+  own = scorer.score([(f.name, f.read_bytes()) for f in files], gradcam=False)
+  assert out["adaptation"] == {"method": "adabn+prior", "reason": "--adapt=adabn+prior"}
+  for adapted_row, own_row in zip(out["results"], own["results"]):
+    assert adapted_row["probability"] == own_row["probability"]  # The model's own answer.
+    assert adapted_row["label"] == own_row["label"]
+    assert 0 <= adapted_row["adapted_probability"] <= 1 and adapted_row["adapted_label"]
 
 
 def test_uploads_over_the_limit_are_refused(client):

@@ -75,7 +75,8 @@ def test_report_end_to_end(workdirs, chest_xray_dir, fullres_dir, tmp_path):
   ext = external_folder(tmp_path / "hospital_b")
   result = report.build_report(comparison_entries(workdirs), str(out),
                                externals={"hospital_b": str(ext)},
-                               sizes_dir=str(fullres_dir), max_per_class=6, n_boot=50)
+                               sizes_dir=str(fullres_dir), max_per_class=6, n_boot=50,
+                               adapt="adabn+prior")
   md = (out / "REPORT.md").read_text()
 
   # Every section and table.
@@ -84,7 +85,11 @@ def test_report_end_to_end(workdirs, chest_xray_dir, fullres_dir, tmp_path):
                   "### hospital_b"):
     assert heading in md, heading
   assert "Kermany et al. 2018" in md and "0.928" in md and "AutoML" in md
+  assert re.search(r"\| 0\.928 \| 0\.968 \| \*\*test/\*\*", md)  # Selected on test.
   assert re.search(r"\*\*(met|not met)\*\*", md)
+  # The label-free adaptation of test and the external folder, beside the own numbers.
+  assert "## Label-free site adaptation (reported apart)" in md
+  assert re.search(r"\| cnn_baseline \| hospital_b \|.*\| adabn\+prior", md)
   assert "Subset run" in md and "★" in md
   # The models without a workdir are listed as skipped, with the reason.
   for name in ("cnn_v2", "cnn_v3", "mobilenet_v2"):
