@@ -21,6 +21,7 @@ Adapted numbers are reported beside the unadapted ones, never mixed with them.
 from __future__ import annotations
 
 import copy
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -110,20 +111,27 @@ def _bn_train_kwargs(predictor) -> dict:
   return {"train": True}
 
 
+@functools.lru_cache(maxsize=16)
+def _statistics_fn(model, kwargs: tuple):
+  """The jitted training-mode pass that returns a model's updated BatchNorm statistics:
+  compiled once per model (Flax modules compare by their fields) and input shape."""
+
+  @jax.jit
+  def batch_statistics(v, x):
+    _, state = model.apply(v, augment.to_float(x), mutable=["batch_stats"],
+                           rngs={"dropout": jax.random.PRNGKey(0)}, **dict(kwargs))
+    return state["batch_stats"]
+
+  return batch_statistics
+
+
 def adabn(predictor: predictor_lib.FlaxPredictor, images: np.ndarray,
           batch_size: int = 64) -> predictor_lib.FlaxPredictor | None:
   """A copy of `predictor` with BatchNorm statistics of `images`; None without BatchNorm."""
   variables = predictor.variables
   if "batch_stats" not in variables:
     return None
-  model, kwargs = predictor.model, _bn_train_kwargs(predictor)
-
-  @jax.jit
-  def batch_statistics(v, x):
-    _, state = model.apply(v, augment.to_float(x), mutable=["batch_stats"],
-                           rngs={"dropout": jax.random.PRNGKey(0)}, **kwargs)
-    return state["batch_stats"]
-
+  batch_statistics = _statistics_fn(predictor.model, tuple(_bn_train_kwargs(predictor).items()))
   full = [b for b in batches.eval_batches(images, batch_size) if b["mask"].all()]
   if not full:  # Fewer images than a batch: one batch of exactly them.
     full = [{"image": images}]
