@@ -41,6 +41,16 @@ def table(choice: dict, rows: list[dict]) -> str:
                     f"{len(rows)} (draw, candidate) rows; {timing.cpu_model()}."])
 
 
+def _finished_folders(folder: str) -> dict:
+  """{folder name: rows} measured by an earlier, stopped run of the same workdir and draws."""
+  out = {}
+  for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+    kept = workdir_lib.read_json(os.path.join(folder, name))
+    if kept["workdir"] == FLAGS.workdir and kept["draws"] == FLAGS.draws:
+      out[name[:-len(".json")]] = kept["rows"]
+  return out
+
+
 def main(argv):
   del argv  # None: startup.run refuses positional arguments.
   workdir_lib.check_output(FLAGS.output, [FLAGS.workdir], "--output", folder=True)
@@ -49,13 +59,22 @@ def main(argv):
   train, val = data_lib.load_train_val(predictor.config.data)
   generated, reference = adapt_study.folders(train, val)
   ref = fitted.shift.subset(reference)
+  os.makedirs(FLAGS.output, exist_ok=True)
+  done = _finished_folders(os.path.join(FLAGS.output, "folders"))
   rows = []
   for name, (images, labels) in generated.items():
+    path = os.path.join(FLAGS.output, "folders", f"{name}.json")
+    if name in done:
+      print(f"{name}: kept from {path}", flush=True)
+      rows += done[name]
+      continue
     print(f"{name}: {len(images)} images", flush=True)
-    rows += adapt_study.measure(predictor, ref, name, images, labels,
-                                fitted.calibration["temperature"], draws=FLAGS.draws)
+    measured = adapt_study.measure(predictor, ref, name, images, labels,
+                                   fitted.calibration["temperature"], draws=FLAGS.draws)
+    workdir_lib.write_json(path, {"workdir": FLAGS.workdir, "draws": FLAGS.draws,
+                                  "rows": measured})
+    rows += measured
   choice = adapt_study.choose(rows)
-  os.makedirs(FLAGS.output, exist_ok=True)
   workdir_lib.write_json(os.path.join(FLAGS.output, "adapt_study.json"),
                          {"workdir": FLAGS.workdir, "choice": choice, "rows": rows})
   text = table(choice, rows)
