@@ -275,6 +275,7 @@ class Scorer:
       rows[i].update(
           probability=float(scored["probs"][k]), threshold=scored["threshold"],
           operating_point=scored["point"], ood_score=float(scored["ood_scores"][k]),
+          ood_signal=scored["ood_signals"][k],
           in_distribution=accepted,
           label=CLASS_NAMES[label] if accepted else predict.OUT_OF_DISTRIBUTION)
       if cams is not None:

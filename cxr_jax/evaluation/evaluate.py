@@ -22,6 +22,7 @@ from cxr_jax.evaluation import fit
 from cxr_jax.evaluation import folder_shift
 from cxr_jax.evaluation import metrics as metrics_lib
 from cxr_jax.evaluation import ood
+from cxr_jax.evaluation import ood_signals
 from cxr_jax.evaluation import predictor as predictor_lib
 from cxr_jax.evaluation import scoring
 from cxr_jax.evaluation import selective
@@ -43,9 +44,11 @@ def operating_points(predictor, cal: dict | None = None) -> dict[str, float]:
   return points
 
 
-def _ood_summary(fitted, scores: np.ndarray) -> dict:
+def _ood_summary(fitted, scores: np.ndarray, signals: list[str]) -> dict:
   flagged = ~fitted.detector.in_distribution(scores)
   return {"kind": fitted.detector.kind, "threshold": fitted.detector.threshold,
+          "signals": list(getattr(fitted.detector, "signals", ("features",))),
+          "flagged_by": ood_signals.counts(signals),
           "accept": fitted.detector.accept, "n_flagged": int(flagged.sum()),
           "folder_shift": fitted.detector.folder_verdict(~flagged),
           "fraction_flagged": float(flagged.mean()) if len(flagged) else 0.0,
@@ -91,18 +94,18 @@ def evaluate_set(predictor, data: data_lib.DecodedSet, description: str,
   }
   if fitted is not None:
     name, threshold = fit.operating_point(cal, predictor.config)
-    scores = fitted.detector.score(out.features)
+    scores, signals = ood_signals.score_and_signal(fitted.detector, out.features, data.images)
     accepted = fitted.detector.in_distribution(scores)
     result["default_operating_point"] = name
-    result["ood"] = _ood_summary(fitted, scores)
+    result["ood"] = _ood_summary(fitted, scores, signals)
     if fitted.shift is not None:  # The folder as a whole against validation, without labels.
       result["folder_test"] = folder_shift.judge(fitted.shift, out.features, probs)
       result["folder_test"]["estimated_accuracy"]["true"] = folder_shift.accuracy(
           data.labels, probs, fitted.shift.threshold)
     result["accepted"] = _accepted_scores(data.labels, probs, accepted, points, temperature)
     result["risk_coverage"] = selective.curves(data.labels, probs, threshold, scores)
-    for row, score, ok in zip(result["predictions"], scores, accepted):
-      row.update(ood_score=float(score), in_distribution=bool(ok))
+    for row, score, ok, signal in zip(result["predictions"], scores, accepted, signals):
+      row.update(ood_score=float(score), in_distribution=bool(ok), ood_signal=signal)
   if adapt != "none":
     result["adapted"] = adapted_scores(predictor, data, adapt, temperature or 1.0)
   return result
@@ -151,8 +154,9 @@ def format_result(result: dict) -> str:
                  f"{result['ece_calibrated']:.4f})")
   if result.get("ood"):
     o, rc = result["ood"], result["risk_coverage"]
-    lines.append(f"Out of distribution ({o['kind']}, threshold {o['threshold']:.4g}): "
-                 f"{o['n_flagged']}/{result['n']} flagged ({o['fraction_flagged']:.1%}).")
+    lines.append(f"Out of distribution ({' + '.join(o.get('signals') or [o['kind']])}, "
+                 f"threshold {o['threshold']:.4g}): {o['n_flagged']}/{result['n']} flagged "
+                 f"({o['fraction_flagged']:.1%}{ood_signals.describe_counts(o.get('flagged_by'))}).")
     warning = o.get("folder_shift") and ood.shift_warning(o["n_flagged"], result["n"],
                                                           o["folder_shift"])
     if warning:
