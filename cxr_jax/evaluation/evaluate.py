@@ -26,6 +26,7 @@ from cxr_jax.evaluation import ood_signals
 from cxr_jax.evaluation import predictor as predictor_lib
 from cxr_jax.evaluation import scoring
 from cxr_jax.evaluation import selective
+from cxr_jax.evaluation import site_estimate
 
 
 def point_key(name: str) -> str:
@@ -99,9 +100,14 @@ def evaluate_set(predictor, data: data_lib.DecodedSet, description: str,
     result["default_operating_point"] = name
     result["ood"] = _ood_summary(fitted, scores, signals)
     if fitted.shift is not None:  # The folder as a whole against validation, without labels.
-      result["folder_test"] = folder_shift.judge(fitted.shift, out.features, probs)
-      result["folder_test"]["estimated_accuracy"]["true"] = folder_shift.accuracy(
-          data.labels, probs, fitted.shift.threshold)
+      result["folder_test"] = site_estimate.add_to_folder_test(
+          folder_shift.judge(fitted.shift, out.features, probs),
+          cal.get("site_estimate"), fitted.shift, out.features, probs, accepted,
+          predictor.workdir, description)
+      truth = folder_shift.accuracy(data.labels, probs, fitted.shift.threshold)
+      result["folder_test"]["estimated_accuracy"]["true"] = truth
+      if "accuracy_interval" in result["folder_test"]:
+        result["folder_test"]["accuracy_interval"]["true"] = truth
     result["accepted"] = _accepted_scores(data.labels, probs, accepted, points, temperature)
     result["risk_coverage"] = selective.curves(data.labels, probs, threshold, scores)
     for row, score, ok, signal in zip(result["predictions"], scores, accepted, signals):
@@ -172,11 +178,13 @@ def format_result(result: dict) -> str:
                  f"{rc['by_confidence']['aurc']:.4f}, by OOD score "
                  f"{rc['by_ood_score']['aurc']:.4f}.")
   if result.get("folder_test"):
-    est = result["folder_test"]["estimated_accuracy"]
+    answer = result["folder_test"].get("accuracy_interval") or {}
     lines.append(result["folder_test"]["summary"])
-    if est.get("true") is not None and est.get("estimate") is not None:
-      lines.append(f"With this folder's labels: accuracy {est['true']:.3f} at the default "
-                   f"operating point, against the label-free estimate {est['estimate']:.3f}.")
+    if answer.get("true") is not None:
+      said = ("the label-free interval {:.3f}-{:.3f}".format(*answer["interval"])
+              if answer.get("estimable") else "the label-free answer, not estimable")
+      lines.append(f"With this folder's labels: accuracy {answer['true']:.3f} at the default "
+                   f"operating point, against {said}.")
   if result.get("adapted"):
     a = result["adapted"]
     m = a["at_0.5"]

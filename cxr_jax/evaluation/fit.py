@@ -4,7 +4,8 @@
                                     # .shift (folder_shift.Reference)
 
 `workdir/shift.npz` holds the folder-level shift test's reference (validation's projected
-features and probabilities, `folder_shift.Reference`). `workdir/calibration.json` holds the temperature (minimising the validation NLL),
+features and probabilities, `folder_shift.Reference`); calibration.json's "site_estimate"
+the margin of the folder accuracy interval (`site_calibration.fit_margin`). `workdir/calibration.json` holds the temperature (minimising the validation NLL),
 the validation-F1 threshold chosen when training, the thresholds reaching given
 sensitivities on validation and the out-of-distribution detector's settings and
 acceptance thresholds (quantiles of validation's scores); `workdir/ood.npz` holds the
@@ -30,6 +31,8 @@ from cxr_jax.evaluation import folder_shift
 from cxr_jax.evaluation import ood
 from cxr_jax.evaluation import ood_signals
 from cxr_jax.evaluation import scoring
+from cxr_jax.evaluation import site_calibration
+from cxr_jax.evaluation import site_estimate
 
 DEFAULT_TARGET_SENSITIVITY = 0.95
 VERSION = 7  # Bumped when what is fitted changes: older caches are refitted.
@@ -75,6 +78,7 @@ def source(predictor) -> dict:
   data = predictor.config.data
   return {"version": VERSION, "model": predictor.model_name, "threshold": predictor.threshold,
           "ood": ood_settings(predictor.config),
+          "site_estimate": [site_estimate.DEFAULT_ESTIMATOR, site_estimate.DEFAULT_SHIFT_MEASURE],
           "best_epoch": predictor.meta.get("global_epoch"), "C": predictor.meta.get("C"),
           "data_dir": data.data_dir, "val_fraction": data.val_fraction,
           "split_seed": data.split_seed, "max_images_per_class": data.max_images_per_class,
@@ -219,5 +223,8 @@ def load_or_fit(predictor, target: float | None = None, validation=None, train=N
   _, threshold = operating_point(cal, predictor.config)
   shift = folder_shift.Reference.fit(train_features, out.features, out.probs, val.labels,
                                      threshold, cal["temperature"])
+  logging.info("Calibrating the folder accuracy interval's margin on generated folders.")
+  cal["site_estimate"] = site_calibration.fit_margin(predictor, detector, shift, train, val,
+                                                     out.features)
   _save(predictor.workdir, cal, detector, shift)
   return Fitted(cal, detector, False, shift)

@@ -30,6 +30,7 @@ from cxr_jax.evaluation import ood
 from cxr_jax.evaluation import ood_signals
 from cxr_jax.evaluation import predictor as predictor_lib
 from cxr_jax.evaluation import scoring
+from cxr_jax.evaluation import site_estimate
 
 CSV_COLUMNS = ("path", "probability", "label", "label_name", "threshold", "operating_point",
                "raw_probability", "raw_threshold", "ood_score", "in_distribution", "ood_signal",
@@ -160,7 +161,8 @@ def score_images(predictor, fitted: fit.Fitted, images: np.ndarray,
     out = predictor.predict(images)
     raw = np.asarray(out.probs, np.float64)
     ood_scores, signals = ood_signals.score_and_signal(fitted.detector, out.features, images)
-    folder = folder_judgement(fitted, out.features, raw)
+    folder = folder_judgement(fitted, out.features, raw,
+                              fitted.detector.in_distribution(ood_scores), predictor.workdir)
   else:
     raw, ood_scores, signals, folder = np.zeros(0), np.zeros(0), [], None
   scored = {"raw": raw, "probs": scoring.calibrate_probs(raw, temperature) if len(raw) else raw,
@@ -180,11 +182,16 @@ def score_images(predictor, fitted: fit.Fitted, images: np.ndarray,
   return scored
 
 
-def folder_judgement(fitted: fit.Fitted, features, raw_probs) -> dict | None:
-  """The folder-level shift test and accuracy estimate of scored images (2 or more)."""
+def folder_judgement(fitted: fit.Fitted, features, raw_probs, accepted=None, workdir: str = "W"
+                     ) -> dict | None:
+  """The folder-level shift test and accuracy interval of scored images (2 or more)."""
   if fitted.shift is None or len(raw_probs) < 2:
     return None
-  return folder_shift.judge(fitted.shift, features, raw_probs)
+  accepted = np.ones(len(raw_probs), bool) if accepted is None else accepted
+  return site_estimate.add_to_folder_test(
+      folder_shift.judge(fitted.shift, features, raw_probs),
+      fitted.calibration.get("site_estimate"), fitted.shift, features, raw_probs, accepted,
+      workdir)
 
 
 def format_summary(s: dict) -> str:

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from cxr_jax.evaluation import adaptation
+from cxr_jax.evaluation import far_shift
 from cxr_jax.evaluation import folder_shift
 from cxr_jax.evaluation import ood_cases
 from cxr_jax.evaluation import perturbations
@@ -35,9 +36,10 @@ def class_mix_cases(labels: np.ndarray, rng) -> dict[str, np.ndarray]:
                                     rng.choice(normal, max(1, n_pneu_90 // 9), replace=False)]}
 
 
-def labelled_folders(images: np.ndarray, labels: np.ndarray, severities, seed: int = 0
-                     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """{name: (images, labels)} generated from labelled validation images."""
+def labelled_folders(images: np.ndarray, labels: np.ndarray, severities, seed: int = 0,
+                     far: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """{name: (images, labels)} generated from labelled validation images; far: with the
+  far-shift families too ("far_<name>")."""
   rng = np.random.default_rng(seed)
   folders = {name: (x, labels) for name, x in
              perturbations.make_families(images, severities, seed).items()}
@@ -45,6 +47,9 @@ def labelled_folders(images: np.ndarray, labels: np.ndarray, severities, seed: i
                   ood_cases.xray_cases(images, rng).items()})
   folders.update({name: (images[i], labels[i]) for name, i in
                   class_mix_cases(labels, rng).items()})
+  if far:
+    folders.update({f"far_{name}": (x, labels) for name, x in
+                    far_shift.make_families(images, seed).items()})
   return folders
 
 
