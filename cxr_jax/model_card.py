@@ -64,7 +64,7 @@ def _folder(folder: dict | None) -> dict | None:
           "estimator": answer.get("method")}
 
 
-def _folder_cell(folder: dict | None) -> str:
+def _folder_cell(folder: dict | None, data_dir: str = "FOLDER") -> str:
   if not folder:
     return "–"
   verdict = "⚠ shifted" if folder["shifted"] else "not distinguishable"
@@ -72,8 +72,8 @@ def _folder_cell(folder: dict | None) -> str:
     accuracy = "accuracy {:.3f}-{:.3f} without labels".format(*folder["accuracy_interval"])
   else:
     accuracy = ("accuracy not estimable without labels: audit a sample "
-                "(`python -m cxr_jax.tools.audit --workdir=W --data_dir=FOLDER --budget=60 "
-                "--output=audit.csv`)")
+                f"(`python -m cxr_jax.tools.audit --workdir=W --data_dir={data_dir} "
+                "--budget=60 --output=audit.csv`)")
   return f"{verdict} (p = {folder['p_value']:.2g}); {accuracy}"
 
 
@@ -156,7 +156,8 @@ def _metrics_table(evaluations: dict) -> list[str]:
     if e.get("unlike_training"):
       shown += " ⚠ unlike the training data: metrics here do not transfer"
     lines.append(f"| {name} (`{e['data_dir']}`) | {e['n']} | {e.get('operating_point')} | "
-                 + " | ".join(cells) + f" | {shown} | {_folder_cell(e.get('folder_test'))} |")
+                 + " | ".join(cells) + f" | {shown} | "
+                 f"{_folder_cell(e.get('folder_test'), e['data_dir'])} |")
   lines += ["", "The last column is the folder-level two-sample test against validation (MMD on "
             "features, KS on probabilities) and the label-free accuracy interval "
             "(docs/folder_shift.md): the images flagged out of distribution count as anywhere "

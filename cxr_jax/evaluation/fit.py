@@ -78,7 +78,8 @@ def source(predictor) -> dict:
   data = predictor.config.data
   return {"version": VERSION, "model": predictor.model_name, "threshold": predictor.threshold,
           "ood": ood_settings(predictor.config),
-          "site_estimate": [site_estimate.DEFAULT_ESTIMATOR, site_estimate.DEFAULT_SHIFT_MEASURE],
+          "site_estimate": [site_estimate.DEFAULT_ESTIMATOR, site_estimate.DEFAULT_SHIFT_MEASURE,
+                            site_estimate.SHIFT_GATE],
           "best_epoch": predictor.meta.get("global_epoch"), "C": predictor.meta.get("C"),
           "data_dir": data.data_dir, "val_fraction": data.val_fraction,
           "split_seed": data.split_seed, "max_images_per_class": data.max_images_per_class,

@@ -25,6 +25,7 @@ from cxr_jax.evaluation import shift_study
 from cxr_jax.evaluation import site_estimate
 
 IN_DISTRIBUTION = "validation_halves"
+N_PERMUTATIONS = 500  # Of each calibration folder's folder test (the product's: 1,000).
 SUBFOLDER = 100
 SUBFOLDERS = 2
 HALVES = 20
@@ -40,6 +41,7 @@ class Record:
   truth: float | None  # Accuracy at the reference's operating point; None: unlabelled.
   estimates: dict  # estimator -> (estimate, se) of the accepted images
   shifts: dict  # shift measure -> d of the accepted images
+  shifted: bool = False  # The folder test's verdict on the whole folder.
 
   def bounds(self, method: str, measure: str, c: float) -> tuple[float, float]:
     if self.n == self.n_ood:
@@ -47,9 +49,9 @@ class Record:
     estimate, se = self.estimates[method]
     return site_estimate.bounds(self.n, self.n_ood, estimate, se, self.shifts[measure], c)
 
-  def smallest_margin(self, method: str, measure: str) -> float:
-    if self.n == self.n_ood:
-      return 0.0  # Nothing accepted: [0, 1], not estimable whatever c.
+  def smallest_margin(self, method: str, measure: str, gate: bool = True) -> float:
+    if self.n == self.n_ood or (gate and self.shifted):
+      return 0.0  # Not estimable whatever c: nothing accepted, or the folder is shifted.
     estimate, se = self.estimates[method]
     return site_estimate.smallest_margin(self.n, self.n_ood, estimate, se,
                                          self.shifts[measure], self.truth)
@@ -60,13 +62,15 @@ class Judged:
   """A reference (its accepted images) and the detector thresholds it was fitted with."""
   ref: folder_shift.Reference  # Restricted to its accepted images.
   thresholds: np.ndarray  # The detector's per-signal thresholds, fitted on the reference.
+  whole: folder_shift.Reference  # Every image of it: the folder test's reference.
 
 
 def reference(full_ref, raw_val: np.ndarray, index: np.ndarray, accept: float) -> Judged:
   """The reference made of validation images `index`: thresholds, then its accepted ones."""
   thresholds = ood_signals.common_thresholds(raw_val[index], accept)
   accepted = np.all(raw_val[index] <= thresholds, axis=1)
-  return Judged(full_ref.subset(np.asarray(index)[accepted]), thresholds)
+  return Judged(full_ref.subset(np.asarray(index)[accepted]), thresholds,
+                full_ref.subset(np.asarray(index)))
 
 
 def record(judged: Judged, family: str, name: str, projected, probs, labels, raw,
@@ -75,6 +79,8 @@ def record(judged: Judged, family: str, name: str, projected, probs, labels, raw
   `raw` per-signal detector scores of its images."""
   accepted = np.all(np.asarray(raw) <= judged.thresholds, axis=1)
   probs = np.asarray(probs, np.float64)
+  shifted = folder_shift.shift_test(judged.whole, projected, probs, seed=seed,
+                                    n_permutations=N_PERMUTATIONS, projected=True)["shifted"]
   truth = (None if labels is None
            else folder_shift.accuracy(labels, probs, judged.ref.threshold))
   estimates, shifts = {}, {}
@@ -83,7 +89,8 @@ def record(judged: Judged, family: str, name: str, projected, probs, labels, raw
                  for m in methods}
     shifts = site_estimate.shift_measures(judged.ref, np.asarray(projected)[accepted],
                                           probs[accepted], measures, seed)
-  return Record(family, name, len(probs), int((~accepted).sum()), truth, estimates, shifts)
+  return Record(family, name, len(probs), int((~accepted).sum()), truth, estimates, shifts,
+                bool(shifted))
 
 
 def _subfolders(n: int, rng) -> list[np.ndarray]:
@@ -147,25 +154,29 @@ def records(predictor, detector, full_ref, train, val, val_features, methods=sit
   return out
 
 
-def family_scores(recs: list[Record], method: str, measure: str) -> dict[str, float]:
+def family_scores(recs: list[Record], method: str, measure: str, gate: bool = True
+                  ) -> dict[str, float]:
   """{family: the largest smallest-margin of its labelled folders}."""
   scores = {}
   for r in recs:
     if r.truth is not None:
-      scores[r.family] = max(scores.get(r.family, 0.0), r.smallest_margin(method, measure))
+      scores[r.family] = max(scores.get(r.family, 0.0),
+                             r.smallest_margin(method, measure, gate))
   return scores
 
 
 def calibrate(recs: list[Record], method: str, measure: str,
-              level: float = site_estimate.LEVEL) -> float:
+              level: float = site_estimate.LEVEL, gate: bool = True) -> float:
   """The product's margin c: conformal over every labelled family."""
-  return site_estimate.conformal_margin(family_scores(recs, method, measure).values(), level)
+  return site_estimate.conformal_margin(family_scores(recs, method, measure, gate).values(),
+                                        level)
 
 
 def leave_one_family_out(recs: list[Record], method: str, measure: str,
-                         level: float = site_estimate.LEVEL) -> dict[str, float]:
+                         level: float = site_estimate.LEVEL, gate: bool = True
+                         ) -> dict[str, float]:
   """{family: c calibrated without it} (unlabelled families: c of all labelled ones)."""
-  scores = family_scores(recs, method, measure)
+  scores = family_scores(recs, method, measure, gate)
   out = {}
   for family in dict.fromkeys(r.family for r in recs):
     others = [s for f, s in scores.items() if f != family]
@@ -173,29 +184,31 @@ def leave_one_family_out(recs: list[Record], method: str, measure: str,
   return out
 
 
-def outcome(r: Record, method: str, measure: str, c: float) -> dict:
+def outcome(r: Record, method: str, measure: str, c: float, gate: bool = True) -> dict:
   """The answer a folder gets at margin c, and whether it is right."""
   low, high = r.bounds(method, measure, c)
-  ok = site_estimate.estimable(low, high)
+  ok = site_estimate.estimable(low, high) and not (gate and r.shifted)
   covered = r.truth is not None and low - 1e-12 <= r.truth <= high + 1e-12
   return {"family": r.family, "name": r.name, "n": r.n, "n_ood": r.n_ood, "truth": r.truth,
           "low": low, "high": high, "estimable": ok, "covered": covered,
-          "right": (not ok) or covered, "c": c if math.isfinite(c) else None}
+          "right": (not ok) or covered, "c": c if math.isfinite(c) else None,
+          "shifted": r.shifted}
 
 
 CANDIDATES = tuple((m, s) for m in site_estimate.ESTIMATORS for s in site_estimate.SHIFT_MEASURES)
 
 
 def judge_candidate(recs: list[Record], method: str, measure: str,
-                    level: float = site_estimate.LEVEL) -> dict:
-  """Every folder's answer with its family left out of the margin, and their summary."""
-  held_out = leave_one_family_out(recs, method, measure, level)
-  rows = [outcome(r, method, measure, held_out[r.family]) for r in recs]
+                    level: float = site_estimate.LEVEL, gate: bool = True) -> dict:
+  """Every folder's answer with its family left out of the margin, and their summary;
+  gate: a folder the folder test calls shifted is not estimable."""
+  held_out = leave_one_family_out(recs, method, measure, level, gate)
+  rows = [outcome(r, method, measure, held_out[r.family], gate) for r in recs]
   labelled = [o for o in rows if o["truth"] is not None]
   widths = [o["high"] - o["low"] if o["estimable"] else 1.0 for o in labelled]
   far = [o for o in labelled if o["family"].startswith("far_")]
-  return {"method": method, "measure": measure, "margin_all": calibrate(recs, method, measure,
-                                                                        level),
+  return {"method": method, "measure": measure, "gate": gate,
+          "margin_all": calibrate(recs, method, measure, level, gate),
           "right": float(np.mean([o["right"] for o in labelled])),
           "far_all_right": all(o["right"] for o in far),
           "mean_width": float(np.mean(widths)), "folders": rows}
@@ -216,9 +229,9 @@ def fit_margin(predictor, detector, full_ref, train, val, val_features,
                measure: str = site_estimate.DEFAULT_SHIFT_MEASURE) -> dict:
   """What `site_estimate.judge` needs of a workdir (calibration.json's "site_estimate")."""
   recs = records(predictor, detector, full_ref, train, val, val_features, (method,), (measure,))
-  margin = calibrate(recs, method, measure)
+  margin = calibrate(recs, method, measure, gate=site_estimate.SHIFT_GATE)
   flagged = detector.score(val_features, val.images) > detector.threshold
-  return {"estimator": method, "shift_measure": measure,
+  return {"estimator": method, "shift_measure": measure, "shift_gate": site_estimate.SHIFT_GATE,
           "margin": margin if math.isfinite(margin) else None,
           "level": site_estimate.LEVEL, "width_limit": site_estimate.WIDTH_LIMIT,
           "families": len(family_scores(recs, method, measure)),
