@@ -160,9 +160,10 @@ def format_result(result: dict) -> str:
                  f"{result['ece_calibrated']:.4f})")
   if result.get("ood"):
     o, rc = result["ood"], result["risk_coverage"]
+    by_signal = ood_signals.describe_counts(o.get("flagged_by"))
     lines.append(f"Out of distribution ({' + '.join(o.get('signals') or [o['kind']])}, "
                  f"threshold {o['threshold']:.4g}): {o['n_flagged']}/{result['n']} flagged "
-                 f"({o['fraction_flagged']:.1%}{ood_signals.describe_counts(o.get('flagged_by'))}).")
+                 f"({o['fraction_flagged']:.1%}{by_signal}).")
     warning = o.get("folder_shift") and ood.shift_warning(o["n_flagged"], result["n"],
                                                           o["folder_shift"])
     if warning:

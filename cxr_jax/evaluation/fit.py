@@ -5,7 +5,8 @@
 
 `workdir/shift.npz` holds the folder-level shift test's reference (validation's projected
 features and probabilities, `folder_shift.Reference`); calibration.json's "site_estimate"
-the margin of the folder accuracy interval (`site_calibration.fit_margin`). `workdir/calibration.json` holds the temperature (minimising the validation NLL),
+the margin of the folder accuracy interval (`site_calibration.fit_margin`).
+`workdir/calibration.json` holds the temperature (minimising the validation NLL),
 the validation-F1 threshold chosen when training, the thresholds reaching given
 sensitivities on validation and the out-of-distribution detector's settings and
 acceptance thresholds (quantiles of validation's scores); `workdir/ood.npz` holds the

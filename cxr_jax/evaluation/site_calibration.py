@@ -133,9 +133,9 @@ def halves_records(full_ref, raw_val, accept: float, methods, measures, seed: in
   return out
 
 
-def records(predictor, detector, full_ref, train, val, val_features, methods=site_estimate.ESTIMATORS,
-            measures=site_estimate.SHIFT_MEASURES, unlabelled: dict | None = None,
-            seed: int = 0, progress=None) -> list[Record]:
+def records(predictor, detector, full_ref, train, val, val_features,
+            methods=site_estimate.ESTIMATORS, measures=site_estimate.SHIFT_MEASURES,
+            unlabelled: dict | None = None, seed: int = 0, progress=None) -> list[Record]:
   """Every calibration folder's Record (the module docstring); `unlabelled`: {family:
   images} judged too, never calibrated on (right only when declared not estimable)."""
   raw_val = detector.raw_scores(val_features, val.images)

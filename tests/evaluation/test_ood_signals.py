@@ -118,7 +118,7 @@ def test_export_scores_the_combined_detector_as_numpy_does():
   combined, _ = _combined(rng, 600, 600)
   images = np.concatenate([_images(8, rng), 255 - _images(4, rng)])
   expected = combined.score(_features(images), images)
-  got = export._ood_score(combined, jnp.asarray(_features(images)),  # pylint: disable=protected-access
-                          jnp.asarray(images))
+  score = export._ood_score  # pylint: disable=protected-access
+  got = score(combined, jnp.asarray(_features(images)), jnp.asarray(images))
   np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4)
   assert np.all(expected[8:] > combined.threshold)

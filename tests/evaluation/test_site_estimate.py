@@ -91,6 +91,11 @@ def test_judge_covers_an_in_distribution_folder_and_refuses_a_flagged_one():
   assert "cxr_jax.tools.audit --workdir=workdirs/m --data_dir=/data/site --budget=60" in text
   uncalibrated = site_estimate.judge(None, ref, features, probs, np.ones(400, bool))
   assert not uncalibrated["estimable"]
+  # A folder the folder test calls shifted is not estimable, whatever its flagged share.
+  gated = site_estimate.judge(settings, ref, features, probs, np.ones(400, bool),
+                              {"shifted": True, "p_value": 1e-6})
+  assert not gated["estimable"] and "unlike the validation data" in gated["reason"]
+  assert gated["bounds"] == answer["bounds"]  # The bounds stay in the JSON, unprinted.
 
 
 def test_a_debug_workdir_calibrates_its_margin_and_evaluate_says_it(tmp_path_factory,
