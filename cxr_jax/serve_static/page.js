@@ -65,7 +65,8 @@ function card(r) {
   add(text, 'p', `P(pneumonia) = ${r.probability.toFixed(3)} ` +
       `(threshold ${r.threshold.toFixed(3)})`);
   add(text, 'p', `Out-of-distribution score ${r.ood_score.toPrecision(3)}: ` + (r.in_distribution
-      ? 'like the training images' : 'UNLIKE the training images: no diagnosis'));
+      ? 'like the training images' : 'UNLIKE the training images' +
+        (r.ood_signal ? ` (by its ${r.ood_signal})` : '') + ': no diagnosis'));
   return node;
 }
 // While a request is out, the server's queue says whether it waits for a turn, and behind
