@@ -98,7 +98,7 @@ def _cell(x, fmt="{:.3f}") -> str:
 
 
 def _family_table(answers: dict) -> list[str]:
-  lines = ["| family | folders | n | flagged | shifted | true accuracy | interval (whole folder) "
+  lines = ["| family | folders | n | flagged | shifted | true accuracy | bounds (whole folder) "
            "| right | covered | not estimable | median half-width (estimable) | c without it |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for family, f in by_family(answers["folders"]).items():
