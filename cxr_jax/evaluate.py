@@ -22,6 +22,8 @@ from cxr_jax.fits import fit
 from cxr_jax.fits import folder_shift
 from cxr_jax.metrics import classification as metrics_lib
 from cxr_jax.fits import ood
+from cxr_jax.fits import ood_signals
+from cxr_jax.fits import site_estimate
 from cxr_jax import registry
 from cxr_jax.metrics import scoring
 from cxr_jax.metrics import selective
@@ -43,9 +45,11 @@ def operating_points(predictor, cal: dict | None = None) -> dict[str, float]:
   return points
 
 
-def _ood_summary(fitted, scores: np.ndarray) -> dict:
+def _ood_summary(fitted, scores: np.ndarray, signals: list[str]) -> dict:
   flagged = ~fitted.detector.in_distribution(scores)
   return {"kind": fitted.detector.kind, "threshold": fitted.detector.threshold,
+          "signals": list(getattr(fitted.detector, "signals", ("features",))),
+          "flagged_by": ood_signals.counts(signals),
           "accept": fitted.detector.accept, "n_flagged": int(flagged.sum()),
           "folder_shift": fitted.detector.folder_verdict(~flagged),
           "fraction_flagged": float(flagged.mean()) if len(flagged) else 0.0,
@@ -98,18 +102,23 @@ def evaluate_set(predictor, data: data_lib.DecodedSet, description: str,
   }
   if fitted is not None:
     name, threshold = fit.operating_point(cal, predictor.config)
-    scores = fitted.detector.score(out.features)
+    scores, signals = ood_signals.score_and_signal(fitted.detector, out.features, data.images)
     accepted = fitted.detector.in_distribution(scores)
     result["default_operating_point"] = name
-    result["ood"] = _ood_summary(fitted, scores)
+    result["ood"] = _ood_summary(fitted, scores, signals)
     if fitted.shift is not None:  # The folder as a whole against validation, without labels.
-      result["folder_test"] = folder_shift.judge(fitted.shift, out.features, probs)
-      result["folder_test"]["estimated_accuracy"]["true"] = folder_shift.accuracy(
-          data.labels, probs, fitted.shift.threshold)
+      result["folder_test"] = site_estimate.add_to_folder_test(
+          folder_shift.judge(fitted.shift, out.features, probs),
+          cal.get("site_estimate"), fitted.shift, out.features, probs, accepted,
+          predictor.workdir, description)
+      truth = folder_shift.accuracy(data.labels, probs, fitted.shift.threshold)
+      result["folder_test"]["estimated_accuracy"]["true"] = truth
+      if "accuracy_interval" in result["folder_test"]:
+        result["folder_test"]["accuracy_interval"]["true"] = truth
     result["accepted"] = _accepted_scores(data.labels, probs, accepted, points, temperature)
     result["risk_coverage"] = selective.curves(data.labels, probs, threshold, scores)
-    for row, score, ok in zip(result["predictions"], scores, accepted):
-      row.update(ood_score=float(score), in_distribution=bool(ok))
+    for row, score, ok, signal in zip(result["predictions"], scores, accepted, signals):
+      row.update(ood_score=float(score), in_distribution=bool(ok), ood_signal=signal)
   if adapt != "none":
     shifted = (result.get("folder_test") or {}).get("shifted")
     result["adapted"] = adapted_scores(predictor, data, adapt, temperature or 1.0, shifted)
@@ -159,8 +168,10 @@ def format_result(result: dict) -> str:
                  f"{result['ece_calibrated']:.4f})")
   if result.get("ood"):
     o, rc = result["ood"], result["risk_coverage"]
-    lines.append(f"Out of distribution ({o['kind']}, threshold {o['threshold']:.4g}): "
-                 f"{o['n_flagged']}/{result['n']} flagged ({o['fraction_flagged']:.1%}).")
+    by_signal = ood_signals.describe_counts(o.get("flagged_by"))
+    lines.append(f"Out of distribution ({' + '.join(o.get('signals') or [o['kind']])}, "
+                 f"threshold {o['threshold']:.4g}): {o['n_flagged']}/{result['n']} flagged "
+                 f"({o['fraction_flagged']:.1%}{by_signal}).")
     warning = o.get("folder_shift") and ood.shift_warning(o["n_flagged"], result["n"],
                                                           o["folder_shift"])
     if warning:
@@ -176,11 +187,13 @@ def format_result(result: dict) -> str:
                  f"{rc['by_confidence']['aurc']:.4f}, by OOD score "
                  f"{rc['by_ood_score']['aurc']:.4f}.")
   if result.get("folder_test"):
-    est = result["folder_test"]["estimated_accuracy"]
+    answer = result["folder_test"].get("accuracy_interval") or {}
     lines.append(result["folder_test"]["summary"])
-    if est.get("true") is not None and est.get("estimate") is not None:
-      lines.append(f"With this folder's labels: accuracy {est['true']:.3f} at the default "
-                   f"operating point, against the label-free estimate {est['estimate']:.3f}.")
+    if answer.get("true") is not None:
+      said = ("the label-free interval {:.3f}-{:.3f}".format(*answer["interval"])
+              if answer.get("estimable") else "the label-free answer, not estimable")
+      lines.append(f"With this folder's labels: accuracy {answer['true']:.3f} at the default "
+                   f"operating point, against {said}.")
   if result.get("adapted") and result["adapted"]["method"] == "none":
     lines.append(f"Label-free adaptation not applied ({result['adapted']['reason']}).")
   elif result.get("adapted"):

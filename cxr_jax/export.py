@@ -36,6 +36,7 @@ from cxr_jax import workdir as workdir_lib
 from cxr_jax.data import augment
 from cxr_jax.fits import fit
 from cxr_jax.fits import ood
+from cxr_jax.fits import ood_signals
 from cxr_jax import registry
 
 FORMATS = ("onnx", "saved_model", "tflite", "tflite_int8")
@@ -48,15 +49,29 @@ class Serving:
   metadata: dict
 
 
-def _ood_score(detector, features):
-  """ood.Detector.score, in jnp (its formulas, in jax.numpy: see evaluation/ood.py)."""
+def _ood_score(detector, features, images):
+  """The detector's score in jnp: ood_signals.Combined's largest signal ratio, or
+  ood.Detector.score (their formulas, in jax.numpy: see fits/ood*.py)."""
+  if not isinstance(detector, ood_signals.Combined):
+    return _detector_score(detector, features)
+  inputs = {"features": features, "thumbnail": ood_signals.thumbnails(images, xp=jnp)}
+  ratios = [_detector_score(d, inputs[name]) / float(t)
+            for (name, d), t in zip(detector.detectors.items(), detector.thresholds)]
+  return jnp.max(jnp.stack(ratios, axis=1), axis=1)
+
+
+def _detector_score(detector, features):
+  """ood.Detector.score, in jnp."""
   scores, start = [], 0
   for i, width in enumerate(detector.layout):
     a = {k[len(f"l{i}_"):]: v for k, v in detector.arrays.items() if k.startswith(f"l{i}_")}
     block = jax.lax.slice_in_dim(features, start, start + width, axis=1)  # No gather: LiteRT.
-    scores.append(_layer_score(detector.kind, a, block) / a["scale"])
+    ratio = _layer_score(detector.kind, a, block) / a["scale"]
+    if detector.kind in ood.TWO_SIDED:
+      ratio = jnp.abs(jnp.log(jnp.maximum(ratio, 1e-12)))
+    scores.append(jnp.reshape(ratio, (ratio.shape[0], -1)))
     start += width
-  return jnp.max(jnp.stack(scores, axis=1), axis=1)
+  return jnp.max(jnp.concatenate(scores, axis=1), axis=1)
 
 
 def _layer_score(kind: str, a: dict, features):
@@ -67,7 +82,13 @@ def _layer_score(kind: str, a: dict, features):
   if kind == "knn":
     similarity = ood.normalise(features @ a["components"].T, jnp) @ a["bank"].T
     return 1.0 - jax.lax.top_k(similarity, k)[0][:, -1]  # Cosine distance, k-th neighbour.
+  if kind == "pca_reconstruction":
+    return ood.reconstruction_statistics(a, features, jnp)
   raise ValueError(f"No export for the {kind} detector.")
+
+
+def _signals(detector) -> list[str]:
+  return list(getattr(detector, "signals", ("features",)))
 
 
 def metadata(predictor, fitted: fit.Fitted) -> dict:
@@ -88,11 +109,12 @@ def metadata(predictor, fitted: fit.Fitted) -> dict:
                                   # Inside the exported graph: the file's caller does nothing.
                                   "intensity": model_card.intensity(predictor.config.model)}},
       "outputs": {"probability": "temperature-calibrated P(PNEUMONIA)",
-                  "ood_score": f"{fitted.detector.kind} out-of-distribution score"},
+                  "ood_score": "out-of-distribution score: the largest of "
+                               f"{', '.join(_signals(fitted.detector))} over its threshold"},
       "operating_point": {"rule": name, "threshold_on_probability": calibrated},
       "temperature": temperature,
       "ood": {"kind": fitted.detector.kind, "threshold": fitted.detector.threshold,
-              "accept": fitted.detector.accept,
+              "accept": fitted.detector.accept, "signals": _signals(fitted.detector),
               "rule": "ood_score > threshold: OUT_OF_DISTRIBUTION, give no diagnosis"},
       "labels": {"0": "NORMAL", "1": "PNEUMONIA"},
   }
@@ -113,7 +135,7 @@ def serving_function(predictor, fitted: fit.Fitted) -> Serving:
   def fn(images):
     logits, features = models.apply_with_features(model, variables, augment.to_float(images))
     return (jax.nn.sigmoid(logits.astype(jnp.float32) / temperature),
-            _ood_score(detector, features.astype(jnp.float32)))
+            _ood_score(detector, features.astype(jnp.float32), images))
 
   return Serving(fn, predictor.preprocess.shape, metadata(predictor, fitted))
 

@@ -22,16 +22,18 @@ import numpy as np
 from cxr_jax import data as data_lib
 from cxr_jax.data import decode
 from cxr_jax.data.splits import CLASS_NAMES
-from cxr_jax.inference import adaptation
-from cxr_jax.report import figures
+from cxr_jax import registry
 from cxr_jax.fits import fit
 from cxr_jax.fits import folder_shift
 from cxr_jax.fits import ood
-from cxr_jax import registry
+from cxr_jax.fits import ood_signals
+from cxr_jax.fits import site_estimate
+from cxr_jax.inference import adaptation
 from cxr_jax.metrics import scoring
+from cxr_jax.report import figures
 
 CSV_COLUMNS = ("path", "probability", "label", "label_name", "threshold", "operating_point",
-               "raw_probability", "raw_threshold", "ood_score", "in_distribution",
+               "raw_probability", "raw_threshold", "ood_score", "in_distribution", "ood_signal",
                "adapted_probability", "adapted_label_name", "adaptation", "gradcam", "error")
 OUT_OF_DISTRIBUTION = "OUT_OF_DISTRIBUTION"
 
@@ -82,6 +84,7 @@ def _rows(files, position, errors, scored: dict, overlays) -> list[dict]:
                  "raw_probability": f"{scored['raw'][k]:.10g}",
                  "raw_threshold": f"{scored['raw_threshold']:.10g}",
                  "ood_score": f"{scored['ood_scores'][k]:.6g}", "in_distribution": int(accepted),
+                 "ood_signal": scored["ood_signals"][k],
                  **_adapted_cells(scored.get("adapted"), k, accepted),
                  "gradcam": overlays.get(i, ""), "error": ""})
   return rows
@@ -150,6 +153,7 @@ def predict_files(workdir: str, paths, output: str, gradcam_dir: str | None = No
       "n_normal": int(((1 - labels) * accepted).sum()),
       "n_out_of_distribution": int((~accepted).sum()),
       "ood_kind": fitted.detector.kind, "ood_threshold": fitted.detector.threshold,
+      "ood_flagged_by": ood_signals.counts(scored["ood_signals"]),
       "folder_shift": fitted.detector.folder_verdict(accepted),
       "folder_test": scored["folder_test"],
       "adaptation": {k: v for k, v in (scored.get("adapted") or {}).items()
@@ -170,16 +174,18 @@ def score_images(predictor, fitted: fit.Fitted, images: np.ndarray,
   if len(images):
     out = predictor.predict(images)
     raw = np.asarray(out.probs, np.float64)
-    ood_scores = fitted.detector.score(out.features)
-    folder = folder_judgement(fitted, out.features, raw)
+    ood_scores, signals = ood_signals.score_and_signal(fitted.detector, out.features, images)
+    folder = folder_judgement(fitted, out.features, raw,
+                              fitted.detector.in_distribution(ood_scores), predictor.workdir)
   else:
-    raw, ood_scores, folder = np.zeros(0), np.zeros(0), None
+    raw, ood_scores, signals, folder = np.zeros(0), np.zeros(0), [], None
   scored = {"raw": raw, "probs": scoring.calibrate_probs(raw, temperature) if len(raw) else raw,
             # The model's own scale, as evaluate does.
             "labels": (raw >= raw_threshold).astype(int), "point": point,
             "raw_threshold": raw_threshold, "temperature": temperature,
             "threshold": float(scoring.calibrate_probs([raw_threshold], temperature)[0]),
             "ood_scores": ood_scores, "accepted": fitted.detector.in_distribution(ood_scores),
+            "ood_signals": signals,
             "folder_test": folder}
   if adapt != "none" and len(images):
     scored["adapted"] = adapted_answers(predictor, images, adapt, temperature, folder)
@@ -199,11 +205,16 @@ def adapted_answers(predictor, images: np.ndarray, requested: str, temperature: 
           "labels": (adapted["probs"] >= 0.5).astype(int), "prior": adapted["prior"]}
 
 
-def folder_judgement(fitted: fit.Fitted, features, raw_probs) -> dict | None:
-  """The folder-level shift test and accuracy estimate of scored images (2 or more)."""
+def folder_judgement(fitted: fit.Fitted, features, raw_probs, accepted=None, workdir: str = "W"
+                     ) -> dict | None:
+  """The folder-level shift test and accuracy interval of scored images (2 or more)."""
   if fitted.shift is None or len(raw_probs) < 2:
     return None
-  return folder_shift.judge(fitted.shift, features, raw_probs)
+  accepted = np.ones(len(raw_probs), bool) if accepted is None else accepted
+  return site_estimate.add_to_folder_test(
+      folder_shift.judge(fitted.shift, features, raw_probs),
+      fitted.calibration.get("site_estimate"), fitted.shift, features, raw_probs, accepted,
+      workdir)
 
 
 def format_summary(s: dict) -> str:
@@ -211,7 +222,8 @@ def format_summary(s: dict) -> str:
       f"{s['model']} ({s['workdir']}): {s['n_files']} files, {s['n_scored']} scored, "
       f"{s['n_errors']} unreadable.",
       f"  {s['n_out_of_distribution']} of {s['n_scored']} flagged OUT_OF_DISTRIBUTION "
-      f"(unlike the training images: {s['ood_kind']} score above {s['ood_threshold']:.4g}; "
+      f"(unlike the training images: score above {s['ood_threshold']:.4g}"
+      f"{ood_signals.describe_counts(s.get('ood_flagged_by'))}; "
       "no diagnosis is given for them).",
       f"  {s['n_pneumonia']} PNEUMONIA, {s['n_normal']} NORMAL at the {s['operating_point']} "
       f"operating point (calibrated threshold {s['threshold']:.4f}, model threshold "

@@ -227,13 +227,14 @@ def overlay_png(display: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) ->
 
 
 def _folder_json(folder: dict | None) -> dict | None:
-  """What the page shows of the folder verdict: the words, the p-value, the estimate."""
+  """What the page shows of the folder verdict: the words, the p-value, the accuracy
+  interval (None when not estimable without labels)."""
   if folder is None:
     return None
-  est = folder["estimated_accuracy"]
+  answer = folder.get("accuracy_interval") or {}
   return {"summary": folder["summary"], "shifted": folder["shifted"],
-          "p_value": folder["p_value"], "estimated_accuracy": est["estimate"],
-          "ci95": est["ci95"]}
+          "p_value": folder["p_value"], "accuracy_estimable": bool(answer.get("estimable")),
+          "accuracy_interval": answer.get("interval")}
 
 
 class Scorer:
@@ -281,6 +282,7 @@ class Scorer:
       rows[i].update(
           probability=float(scored["probs"][k]), threshold=scored["threshold"],
           operating_point=scored["point"], ood_score=float(scored["ood_scores"][k]),
+          ood_signal=scored["ood_signals"][k],
           in_distribution=accepted,
           label=CLASS_NAMES[label] if accepted else predict.OUT_OF_DISTRIBUTION)
       if adapted and adapted["method"] != "none":  # Beside the model's own answer.

@@ -16,14 +16,14 @@ import numpy as np
 from cxr_jax.fits import folder_shift
 from cxr_jax.fits import perturbations
 from cxr_jax.inference import adaptation
-from cxr_lab import shift_study
+from cxr_jax.fits import generated
 
 CANDIDATES = ("adabn+prior", "balanced+prior")  # A, then B: a tie goes to A.
 SIZES = (25, 50, 100, 200)
 DRAWS = 20
 MAX_COST = 0.005  # Accuracy adaptation may cost in distribution and under label shift.
 IN_DISTRIBUTION = "validation_half"
-MIXES = tuple(shift_study.class_mix_cases(np.array([0, 1]), np.random.default_rng(0)))
+MIXES = tuple(generated.class_mixes(np.array([0, 1]), np.random.default_rng(0)))
 
 
 def folders(train, val, seed: int = 0) -> tuple[dict, np.ndarray]:
@@ -37,7 +37,7 @@ def folders(train, val, seed: int = 0) -> tuple[dict, np.ndarray]:
   out.update({name: (x, labels) for name, x in
               perturbations.make_families(images, severities, seed).items()})
   out.update({name: (images[i], labels[i]) for name, i in
-              shift_study.class_mix_cases(labels, rng).items()})
+              generated.class_mixes(labels, rng).items()})
   return out, reference
 
 

@@ -6,7 +6,7 @@ labels and runs `audit.estimate`, exactly as a site would, and is compared with 
 folder's true accuracy, sensitivity and specificity at the operating point.
 
 Folders to design on come from the training and validation splits only: the two random
-halves of validation, and the labelled folders of `shift_study.labelled_folders` (nine
+halves of validation, and the labelled folders of `generated.labelled_folders` (nine
 acquisition perturbations with severities fitted on the training split, five x-ray OOD
 families, two class mixes) made from the second half. test/ is added last, when asked,
 and never used to change the method (docs/folder_shift.md, "Site audit").
@@ -18,7 +18,7 @@ import numpy as np
 
 from cxr_jax.fits import audit
 from cxr_jax.fits import perturbations
-from cxr_lab import shift_study
+from cxr_jax.fits import generated
 
 BUDGETS = (30, 60, 100, 150)
 TRIALS = 200
@@ -78,16 +78,16 @@ def simulate(probs, labels, threshold: float, budgets=BUDGETS, trials: int = TRI
 
 def design_folders(predictor, train, val, seed: int = 0
                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """{name: (own-scale probabilities, labels)}: validation's halves and shift_study's folders."""
+  """{name: (own-scale probabilities, labels)}: validation's halves and the generated folders."""
   order = np.random.default_rng(seed).permutation(len(val))
   halves = {"validation_half_a": order[: len(val) // 2],
             "validation_half_b": order[len(val) // 2:]}
   severities = perturbations.Severities.fit(train.images)
-  generated = shift_study.labelled_folders(val.images[halves["validation_half_b"]],
-                                           val.labels[halves["validation_half_b"]],
-                                           severities, seed)
+  made = generated.labelled_folders(val.images[halves["validation_half_b"]],
+                                      val.labels[halves["validation_half_b"]],
+                                      severities, seed)
   folders = {name: (val.images[i], val.labels[i]) for name, i in halves.items()}
-  folders.update(generated)
+  folders.update(made)
   return {name: (np.asarray(predictor.predict(x).probs, np.float64), np.asarray(y))
           for name, (x, y) in folders.items()}
 

@@ -19,33 +19,15 @@ import numpy as np
 
 from cxr_jax.inference import adaptation
 from cxr_jax.fits import folder_shift
-from cxr_lab import ood_cases
+from cxr_jax.fits import generated
 from cxr_jax.fits import perturbations
 
 SIZES = (25, 50, 100, 200)
 ADABN_COLUMN = True  # Report the AdaBN-disagreement estimate beside the candidates.
 
 
-def class_mix_cases(labels: np.ndarray, rng) -> dict[str, np.ndarray]:
-  """Indices of label-shifted folders: half NORMAL, and nine in ten PNEUMONIA."""
-  normal, pneumonia = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
-  n_pneu_90 = min(len(pneumonia), 9 * len(normal))
-  return {"mix_half_normal": np.r_[normal, rng.choice(pneumonia, len(normal), replace=False)],
-          "mix_90_pneumonia": np.r_[pneumonia[:n_pneu_90],
-                                    rng.choice(normal, max(1, n_pneu_90 // 9), replace=False)]}
 
 
-def labelled_folders(images: np.ndarray, labels: np.ndarray, severities, seed: int = 0
-                     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """{name: (images, labels)} generated from labelled validation images."""
-  rng = np.random.default_rng(seed)
-  folders = {name: (x, labels) for name, x in
-             perturbations.make_families(images, severities, seed).items()}
-  folders.update({f"ood_{name}": (x, labels) for name, x in
-                  ood_cases.xray_cases(images, rng).items()})
-  folders.update({name: (images[i], labels[i]) for name, i in
-                  class_mix_cases(labels, rng).items()})
-  return folders
 
 
 def _rate(flags) -> float:
@@ -168,7 +150,7 @@ def run(predictor, full_ref, train, val, test=None, fullres=None, trials: int = 
   order = np.random.default_rng(seed).permutation(len(val))
   half_ref, judged = full_ref.subset(order[: len(val) // 2]), order[len(val) // 2:]
   progress(f"Generating labelled folders from {len(judged)} validation images.")
-  folders = labelled_folders(val.images[judged], val.labels[judged], severities, seed)
+  folders = generated.labelled_folders(val.images[judged], val.labels[judged], severities, seed)
   scored = {name: (*_score(predictor, x), y) for name, (x, y) in folders.items()}
   errors = estimator_errors(half_ref, {n: (p, y) for n, (_, p, y) in scored.items()})
   if ADABN_COLUMN:

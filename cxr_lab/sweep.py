@@ -43,7 +43,7 @@ COLUMNS = (("validation", "0.5", "loss"), ("validation", "0.5", "roc_auc"),
            ("test", scoring.VALIDATION_THRESHOLD, "recall"),
            ("test", "0.5", "accuracy"), ("test", "0.5", "f1"), ("test", "0.5", "roc_auc"),
            ("test", "0.5", "specificity"), ("test", "", "ece"),
-           # Stress validation (evaluation/stress.py): validation under acquisition shifts.
+           # Stress validation (cxr_lab/stress.py): validation under acquisition shifts.
            ("stress", "mean", "log_loss"), ("stress", "worst", "log_loss"),
            ("stress", "mean", "ece"))
 

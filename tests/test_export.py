@@ -48,7 +48,8 @@ def test_serving_function_is_the_predictor_with_calibration_and_ood(workdirs, ch
   np.testing.assert_allclose(probability, scoring.calibrate_probs(
       out.probs, fitted.calibration["temperature"]), atol=1e-5)
   # rtol: 6e-7 measured (2-core Zen 5), 1e-3 before the residual was computed stably.
-  np.testing.assert_allclose(ood_score, fitted.detector.score(out.features), rtol=1e-5)
+  np.testing.assert_allclose(ood_score, fitted.detector.score(out.features, test.images),
+                             rtol=1e-5)
   assert serving.metadata["ood"]["threshold"] == fitted.detector.threshold
   assert serving.metadata["input"]["shape"] == ["N", 64, 64, 1]
 

@@ -35,8 +35,10 @@ def test_card_after_training_has_every_field(tmp_path_factory, chest_xray_dir):
   text = open(os.path.join(workdir, model_card.CARD_FILE)).read()
   assert "| test (" in text and "folder vs validation" in text
   folder = card["evaluation_data"]["test"]["folder_test"]
-  assert 0 <= folder["p_value"] <= 1 and 0 <= folder["estimated_accuracy"] <= 1
-  assert "estimated accuracy" in text and "Folder of 624 images" in proc.stdout
+  assert 0 <= folder["p_value"] <= 1
+  assert folder["accuracy_estimable"] == (folder["accuracy_interval"] is not None)
+  assert "without labels" in text and "Folder of 624 images" in proc.stdout
+  assert "Estimated accuracy without labels" not in proc.stdout
 
 
 def test_the_card_shows_numbers_to_three_significant_digits_and_the_json_keeps_them():

@@ -4,12 +4,15 @@
                                     # .shift (folder_shift.Reference)
 
 `workdir/shift.npz` holds the folder-level shift test's reference (validation's projected
-features and probabilities, `folder_shift.Reference`). `workdir/calibration.json` holds the temperature (minimising the validation NLL),
+features and probabilities, `folder_shift.Reference`); calibration.json's "site_estimate"
+the margin of the folder accuracy interval (`site_calibration.fit_margin`).
+`workdir/calibration.json` holds the temperature (minimising the validation NLL),
 the validation-F1 threshold chosen when training, the thresholds reaching given
 sensitivities on validation and the out-of-distribution detector's settings and
-acceptance threshold (a quantile of validation's scores); `workdir/ood.npz` holds the
-detector, fitted on the training split's features. Both record what they were fitted
-from (`source`): a retrained model, another split or other OOD settings refit them.
+acceptance thresholds (quantiles of validation's scores); `workdir/ood.npz` holds the
+detector (`ood_signals.Combined`: the model's features and the raw-image thumbnail),
+fitted on the training split. Both record what they were fitted from (`source`): a
+retrained model, another split or other OOD settings refit them.
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ from cxr_jax.data.splits import CLASS_NAMES
 from cxr_jax.metrics import calibration
 from cxr_jax.fits import folder_shift
 from cxr_jax.fits import ood
+from cxr_jax.fits import ood_signals
 from cxr_jax.metrics import scoring
+from cxr_jax.fits import site_calibration
+from cxr_jax.fits import site_estimate
 
 DEFAULT_TARGET_SENSITIVITY = 0.95
-VERSION = 6  # Bumped when what is fitted changes: older caches are refitted.
+VERSION = 7  # Bumped when what is fitted changes: older caches are refitted.
 
 
 def target_key(target: float) -> str:
@@ -73,6 +79,8 @@ def source(predictor) -> dict:
   data = predictor.config.data
   return {"version": VERSION, "model": predictor.model_name, "threshold": predictor.threshold,
           "ood": ood_settings(predictor.config),
+          "site_estimate": [site_estimate.DEFAULT_ESTIMATOR, site_estimate.DEFAULT_SHIFT_MEASURE,
+                            site_estimate.SHIFT_GATE],
           "best_epoch": predictor.meta.get("global_epoch"), "C": predictor.meta.get("C"),
           "data_dir": data.data_dir, "val_fraction": data.val_fraction,
           "split_seed": data.split_seed, "max_images_per_class": data.max_images_per_class,
@@ -107,7 +115,7 @@ class Fitted:
   """What was fitted after training: calibration.json's dict, the OOD detector and the
   folder-level shift test's reference."""
   calibration: dict
-  detector: ood.Detector
+  detector: ood_signals.Combined | ood.Detector
   reused: bool
   shift: folder_shift.Reference | None = None
 
@@ -123,16 +131,19 @@ def _read_cache(file_path: str) -> dict | None:
     return None
 
 
-def _load_detector(workdir: str, cal: dict) -> ood.Detector | None:
+def _load_detector(workdir: str, cal: dict) -> ood_signals.Combined | None:
   path = workdir_lib.path(workdir, workdir_lib.OOD_FILE)
   if "ood" not in cal or not os.path.exists(path):
     return None
   try:
-    detector = ood.Detector.load(path)
+    detector = ood_signals.load(path)
   except (OSError, ValueError, KeyError) as e:
     logging.warning("Ignoring unreadable %s (%s); refitting.", path, e)
     return None
-  return detector if detector.threshold == cal["ood"]["threshold"] else None
+  if not isinstance(detector, ood_signals.Combined):  # One signal only: refit.
+    return None
+  same = list(detector.thresholds) == cal["ood"].get("signal_thresholds")
+  return detector if same else None
 
 
 def _load_shift(workdir: str) -> folder_shift.Reference | None:
@@ -146,8 +157,10 @@ def _load_shift(workdir: str) -> folder_shift.Reference | None:
     return None
 
 
-def fit_detector(predictor, val_features, train=None, train_features=None) -> ood.Detector:
-  """The configured detector, fitted on the training split; threshold from validation."""
+def fit_detector(predictor, val_features, val_images, train=None, train_features=None
+                 ) -> ood_signals.Combined:
+  """The configured features detector and the thumbnail signal, fitted on the training
+  split; thresholds from validation (`ood_signals`)."""
   settings = ood_settings(predictor.config)
   train = train if train is not None else data_lib.load(predictor.config.data, "train")
   if train_features is None:
@@ -158,11 +171,11 @@ def fit_detector(predictor, val_features, train=None, train_features=None) -> oo
                  settings["kind"], len(train))
     detector = ood.fit(settings["kind"], train_features, train.labels,
                        predictor.feature_layout, settings["dims"], settings["k"])
-  detector.set_threshold(detector.score(val_features), settings["accept"])
-  return detector
+  return ood_signals.fit(detector, train.images, val_features, val_images,
+                         settings["accept"])
 
 
-def _save(workdir: str, cal: dict, detector: ood.Detector,
+def _save(workdir: str, cal: dict, detector: ood_signals.Combined,
           shift: folder_shift.Reference) -> None:
   if jax.process_index() != 0:  # One writer; every process holds the same fit.
     return
@@ -200,12 +213,17 @@ def load_or_fit(predictor, target: float | None = None, validation=None, train=N
   cal = fit_calibration(val.labels, out.probs, predictor.threshold, sorted(targets))
   train = train if train is not None else data_lib.load(predictor.config.data, "train")
   train_features = predictor.predict(train.images).features
-  detector = fit_detector(predictor, out.features, train, train_features)
+  detector = fit_detector(predictor, out.features, val.images, train, train_features)
   cal["ood"] = {**ood_settings(predictor.config), "kind": detector.kind,
-                "threshold": detector.threshold, "n_val": len(val)}
+                "threshold": detector.threshold, "signals": list(detector.signals),
+                "signal_thresholds": [float(t) for t in detector.thresholds],
+                "n_val": len(val)}
   cal["source"] = source(predictor)
   _, threshold = operating_point(cal, predictor.config)
   shift = folder_shift.Reference.fit(train_features, out.features, out.probs, val.labels,
                                      threshold, cal["temperature"])
+  logging.info("Calibrating the folder accuracy interval's margin on generated folders.")
+  cal["site_estimate"] = site_calibration.fit_margin(predictor, detector, shift, train, val,
+                                                     out.features)
   _save(predictor.workdir, cal, detector, shift)
   return Fitted(cal, detector, False, shift)

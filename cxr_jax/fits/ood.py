@@ -85,8 +85,12 @@ class Detector:
                           for j in range(0, len(block), _CHUNK)])
     return raw.reshape(len(block), -1)
 
-  def score(self, features: np.ndarray) -> np.ndarray:
-    """Out-of-distribution score per row of `features` (higher: less like training)."""
+  def score(self, features: np.ndarray, images=None) -> np.ndarray:
+    """Out-of-distribution score per row of `features` (higher: less like training).
+
+    `images` is for the callers of `ood_signals.Combined`, which sees them; unused here.
+    """
+    del images
     if len(features) == 0:
       return np.zeros(0, np.float32)
     return np.max(self.layer_scores(features), axis=1)
@@ -197,13 +201,18 @@ def pca_reconstruction(pca, train_pixels=None) -> Detector:
   return _assemble("pca_reconstruction", [arrays], [len(pca.mean_)], train_pixels)
 
 
-def _reconstruction(a: dict, x: np.ndarray) -> np.ndarray:
-  """[N, 2]: Hotelling's T^2 inside the subspace and Q (SPE) over the noise variance."""
+def reconstruction_statistics(a: dict, x, xp=np):
+  """[N, 2]: Hotelling's T^2 inside the subspace and Q (SPE) over the noise variance, in
+  the array module `xp` (as `mahalanobis_distance`)."""
   y = x - a["mean"]
   z = y @ a["components"].T
-  q = np.sum(np.square(y - z @ a["components"]), axis=1) / a["noise_variance"]
-  t2 = np.sum(z * z / a["variances"], axis=1)
-  return np.stack([t2, q], axis=1).astype(np.float32)
+  q = xp.sum(xp.square(y - z @ a["components"]), axis=1) / a["noise_variance"]
+  t2 = xp.sum(z * z / a["variances"], axis=1)
+  return xp.stack([t2, q], axis=1)
+
+
+def _reconstruction(a: dict, x: np.ndarray) -> np.ndarray:
+  return reconstruction_statistics(a, x).astype(np.float32)
 
 
 _SCORERS = {"mahalanobis": _mahalanobis, "knn": _knn, "pca_reconstruction": _reconstruction}

@@ -137,7 +137,7 @@ def collect_model(predictor, name: str, description: str = "",
   validation = _evaluate(predictor, val, "validation", fitted, 0)
   log_progress(f"{name}: training-split OOD scores and test predictions")
   train = cache.split(config.data, "train")
-  train_scores = fitted.detector.score(predictor.predict(train.images).features)
+  train_scores = fitted.detector.score(predictor.predict(train.images).features, train.images)
   test = _evaluate(predictor, cache.split(config.data, "test"), "test", fitted, n_boot, adapt)
   external_scores = {}
   for ext_name, folder in (externals or {}).items():

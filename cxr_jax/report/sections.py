@@ -407,7 +407,8 @@ def render_ood(report: dict, figs: dict) -> list[str]:
     lines.append("| " + " | ".join(cells) + " |")
   lines.append("")
   lines += _folder_table(results, externals)
-  lines.append(img(figs.get("accuracy_estimates"), "label-free accuracy estimate against truth"))
+  lines.append(img(figs.get("accuracy_estimates"),
+                   "label-free point estimate (the interval's centre, no margin) against truth"))
   for r in results:
     lines.append(img(figs.get(f"ood_{r['name']}"), f"OOD score distributions {r['name']}"))
     lines.append(img(figs.get(f"risk_coverage_{r['name']}"), f"risk-coverage {r['name']}"))
@@ -416,12 +417,14 @@ def render_ood(report: dict, figs: dict) -> list[str]:
 
 def _folder_cell(result: dict | None) -> str:
   folder = (result or {}).get("folder_test")
-  if not folder or folder["estimated_accuracy"].get("estimate") is None:
+  if not folder or "accuracy_interval" not in folder:
     return "–"
-  est = folder["estimated_accuracy"]
+  answer = folder["accuracy_interval"]
   mark = "⚠ shifted" if folder["shifted"] else "not shifted"
-  return (f"{mark} (p {folder['p_value']:.2g}); est. {est['estimate']:.3f}, "
-          f"true {est['true']:.3f}")
+  said = ("{:.3f}-{:.3f}".format(*answer["interval"]) if answer.get("estimable")
+          else "not estimable without labels (audit)")
+  true = "" if answer.get("true") is None else f", true {answer['true']:.3f}"
+  return f"{mark} (p {folder['p_value']:.2g}); accuracy {said}{true}"
 
 
 def _folder_table(results, externals) -> list[str]:
@@ -429,9 +432,12 @@ def _folder_table(results, externals) -> list[str]:
   return ["The per-image flag misses a folder whose images are each typical but together "
           "different. The folder-level test compares the whole folder with validation (MMD on "
           "the model's features, KS on its probabilities; shifted when the Bonferroni p < 0.05) "
-          "and estimates the accuracy without labels (docs/folder_shift.md). A shifted folder "
-          "differs from validation, so validation's numbers may not carry over; the estimate "
-          "assumes the model's confidence still tracks its errors.\n",
+          "and bounds the accuracy without labels (docs/folder_shift.md): flagged images count "
+          "as anywhere from wrong to right, the rest get a margin for the measured shift; an "
+          "interval wider than ±0.10 is not estimable without labels, and `python -m "
+          "cxr_jax.tools.audit --workdir=W --data_dir=FOLDER --budget=60 --output=audit.csv` "
+          "answers instead. A shifted folder differs from validation, so validation's numbers "
+          "may not carry over.\n",
           "| model | test | " + " | ".join(externals) + (" | " if externals else "")
           + "\n|" + "---|" * (2 + len(externals))] + [
               "| " + " | ".join([r["name"], _folder_cell(r["test"])]

@@ -65,7 +65,8 @@ function card(r) {
   add(text, 'p', `P(pneumonia) = ${r.probability.toFixed(3)} ` +
       `(threshold ${r.threshold.toFixed(3)})`);
   add(text, 'p', `Out-of-distribution score ${r.ood_score.toPrecision(3)}: ` + (r.in_distribution
-      ? 'like the training images' : 'UNLIKE the training images: no diagnosis'));
+      ? 'like the training images' : 'UNLIKE the training images' +
+        (r.ood_signal ? ` (by its ${r.ood_signal})` : '') + ': no diagnosis'));
   if (r.adapted_label) {  // Beside the model's own answer, never in its place.
     add(text, 'p', `Adapted to these images (label-free): ${r.adapted_label}, ` +
         `P(pneumonia) = ${r.adapted_probability.toFixed(3)}`, 'adapted');

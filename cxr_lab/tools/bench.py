@@ -99,7 +99,7 @@ def _exported() -> dict:
   # What `predict` runs: the model with the CPU kernels of cxr_jax.ops, then the detector.
   def predictor_fn(images):
     out = predictor.predict(images)
-    return out.probs, fitted.detector.score(out.features)
+    return out.probs, fitted.detector.score(out.features, images)
 
   return exported_bench.bench_exported(serving, {"jax_predictor": predictor_fn, **runtimes},
                                      serving.shape, FLAGS.batch_size or 32)

@@ -4,9 +4,10 @@
       --output=benchmarks/folder_shift
 
 Writes `shift_bench.json`, `SHIFT.md` (the tables of docs/folder_shift.md) and
-`accuracy_estimates.png` under --output. The estimator is chosen on folders generated
-from validation (cxr_lab/shift_study.py); test/ is judged and reported last,
-never used to choose.
+`accuracy_estimates.png` under --output, and for the folder accuracy intervals
+`site_bench.json` and `SITE.md` (cxr_lab/site_study.py). Estimators and
+margins are chosen on folders generated from validation; test/ and the full-resolution
+originals are judged and reported last, never used to choose.
 """
 
 from cxr_jax.tools import malloc_tuning
@@ -25,6 +26,7 @@ from cxr_jax.report import figures
 from cxr_jax.fits import fit
 from cxr_jax import registry
 from cxr_lab import shift_study
+from cxr_lab import site_study
 from cxr_jax.tools import startup
 
 flags.DEFINE_string("workdir", None, "Trained workdir.", required=True)
@@ -33,6 +35,11 @@ flags.DEFINE_string("fullres_dir", "data/chest_xray_fullres_sample/train",
                     "In-distribution originals judged as a folder ('' for none).")
 flags.DEFINE_integer("trials", 50, "Random sub-folders per size.")
 flags.DEFINE_bool("test", True, "Also judge test/ (reported, never used to choose).")
+flags.DEFINE_list("studies", ["shift", "site"], "shift: the folder test's false alarms, power "
+                  "and point estimators (SHIFT.md); site: the accuracy intervals' candidates, "
+                  "choice and coverage (SITE.md, site_bench.json).")
+flags.DEFINE_string("photos_dir", "data/imagenet_photos", "Unlabelled photos judged by the site "
+                    "study (right only when not estimable; '' for none).")
 FLAGS = flags.FLAGS
 
 
@@ -100,6 +107,23 @@ def _same_files(fullres, train, val) -> dict:
       parts[0].paths + parts[1].paths, parts[0].patient_ids + parts[1].patient_ids, [])}
 
 
+def _site(predictor, fitted, train, val, test, fullres) -> None:
+  """The accuracy intervals' study: SITE.md and site_bench.json under --output."""
+  photos = (data_lib.load_files([FLAGS.photos_dir], predictor.preprocess).images
+            if FLAGS.photos_dir and os.path.isdir(FLAGS.photos_dir) else None)
+  val_features = predictor.predict(val.images).features
+  result = site_study.run(predictor, fitted, train, val, val_features,
+                          {"test": test, "fullres_train_sample": fullres}, photos,
+                          progress=logging.info)
+  result["workdir"] = FLAGS.workdir
+  with open(os.path.join(FLAGS.output, "site_bench.json"), "w") as f:
+    json.dump(result, f, indent=1, default=float)
+  text = site_study.tables(result)
+  with open(os.path.join(FLAGS.output, "SITE.md"), "w") as f:
+    f.write(text)
+  print(text, flush=True)
+
+
 def main(argv):
   del argv  # None: startup.run refuses positional arguments.
   predictor = registry.load_predictor(FLAGS.workdir)
@@ -109,10 +133,14 @@ def main(argv):
   test = data_lib.load(config.data, "test") if FLAGS.test else None
   fullres = (data_lib.load_folder(FLAGS.fullres_dir, predictor.preprocess)
              if FLAGS.fullres_dir and os.path.isdir(FLAGS.fullres_dir) else None)
+  os.makedirs(FLAGS.output, exist_ok=True)
+  if "site" in FLAGS.studies:
+    _site(predictor, fitted, train, val, test, fullres)
+  if "shift" not in FLAGS.studies:
+    return
   result = shift_study.run(predictor, fitted.shift, train, val, test, fullres, FLAGS.trials,
                            progress=logging.info, extra=_same_files(fullres, train, val))
   result["workdir"] = FLAGS.workdir
-  os.makedirs(FLAGS.output, exist_ok=True)
   with open(os.path.join(FLAGS.output, "shift_bench.json"), "w") as f:
     json.dump(result, f, indent=1)
   text = tables(result)

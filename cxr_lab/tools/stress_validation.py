@@ -4,7 +4,7 @@
       --output=benchmarks/stress/mobilenet_v2.json
 
 Per workdir: validation's log loss, ECE and accuracy at the default operating point,
-clean and under each family of `evaluation/perturbations.py` (severities from the
+clean and under each family of `cxr_jax/fits/perturbations.py` (severities from the
 training split's 5th-95th percentiles), with the mean and the worst family. test/ is
 never read.
 """

@@ -15,6 +15,7 @@ from cxr_jax import evaluate
 from cxr_jax.fits import fit
 from cxr_jax.fits import ood
 from cxr_lab import ood_cases
+from cxr_jax.fits import ood_signals
 from cxr_jax import predict
 from cxr_jax import registry
 from cxr_jax.metrics import selective
@@ -154,8 +155,37 @@ def test_fitted_with_the_calibration_and_refitted_when_stale(workdirs, name, kin
   # Validation accepted at the configured quantile (debug validation is small: ~1 image).
   val = data_lib.load(registry.load_predictor(workdir).config.data, "validation")
   scores = fitted.detector.score(registry.load_predictor(workdir).predict(
-      val.images).features)
+      val.images).features, val.images)
   assert np.mean(scores > fitted.detector.threshold) <= 0.05
+  assert fitted.detector.signals == ("features", "thumbnail")
+
+
+def test_a_workdir_whose_ood_npz_has_one_signal_is_refitted_with_both(workdirs, tmp_path,
+                                                                      chest_xray_dir):
+  """A workdir fitted before the thumbnail signal (calibration.json of fit version 6, an
+  ood.npz of the features detector alone) still evaluates: load_or_fit refits it once."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path / "old")
+  shutil.copytree(workdirs / "cnn_baseline", workdir)
+  predictor = registry.load_predictor(workdir)
+  new = fit.load_or_fit(predictor)
+  features_alone = new.detector.detectors["features"]
+  features_alone.threshold, features_alone.accept = 3.0, 0.99
+  features_alone.save(os.path.join(workdir, workdir_lib.OOD_FILE))
+  cal_path = os.path.join(workdir, workdir_lib.CALIBRATION_FILE)
+  cal = json.load(open(cal_path))
+  cal["source"]["version"], cal["ood"] = 6, {**cal["ood"], "threshold": 3.0}
+  del cal["ood"]["signals"], cal["ood"]["signal_thresholds"]
+  json.dump(cal, open(cal_path, "w"))
+  assert isinstance(ood_signals.load(os.path.join(workdir, workdir_lib.OOD_FILE)), ood.Detector)
+  refitted = fit.load_or_fit(predictor)
+  assert not refitted.reused and refitted.detector.signals == ("features", "thumbnail")
+  assert isinstance(ood_signals.load(os.path.join(workdir, workdir_lib.OOD_FILE)),
+                    ood_signals.Combined)
+  assert fit.load_or_fit(predictor).reused  # Refitted once, then kept.
+  result = evaluate.evaluate_folder(workdir, str(chest_xray_dir / "test"), max_per_class=4)
+  assert result["ood"]["signals"] == ["features", "thumbnail"]
+  assert all(p["ood_signal"] in ("", "features", "thumbnail") for p in result["predictions"])
 
 
 def test_predict_labels_flagged_images_out_of_distribution(workdirs, tmp_path, chest_xray_dir):
