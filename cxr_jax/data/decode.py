@@ -71,10 +71,11 @@ def open_image(data: bytes) -> Image.Image:
 
 
 def convert_and_resize(img: Image.Image, size: tuple[int, int], channels: int,
-                       crop_border: float = 0.0) -> np.ndarray:
+                       crop_border: float = 0.0, resample: int = Image.BILINEAR) -> np.ndarray:
   """The last step of `decode_image`: an `open_image` result to (height, width, channels) uint8.
 
   crop_border: the fraction of each side cut away first (where markers and text sit).
+  resample: the Pillow filter; every command uses bilinear (antialiased when shrinking).
   """
   # RGBA/LA: alpha is dropped, the stored colour kept (what viewers show on black).
   img = img.convert("L" if channels == 1 else "RGB")
@@ -83,7 +84,7 @@ def convert_and_resize(img: Image.Image, size: tuple[int, int], channels: int,
     img = img.crop((dx, dy, max(dx + 1, img.width - dx), max(dy + 1, img.height - dy)))
   height, width = size
   if (img.height, img.width) != (height, width):
-    img = img.resize((width, height), Image.BILINEAR)
+    img = img.resize((width, height), resample)
   arr = np.asarray(img, dtype=np.uint8)
   return arr[..., None] if channels == 1 else arr
 

@@ -42,6 +42,15 @@ def test_full_resolution_sample_files(fullres_dir):
   assert {"L", "RGB"} <= modes
 
 
+def test_stored_copies_reach_the_model_input_by_pillow_bilinear(fullres_dir, chest_xray_dir):
+  """The input trained models and the TFDS build rest on: gray, then Pillow's bilinear."""
+  for original in sorted(p for p in fullres_dir.rglob("*") if p.is_file())[::8]:
+    copy = chest_xray_dir / "train" / original.parent.name / original.name
+    expected = np.asarray(Image.open(copy).convert("L").resize((160, 160), Image.BILINEAR))
+    np.testing.assert_array_equal(decode.decode_file(str(copy), decode.Preprocess(160, 1)),
+                                  expected[..., None])
+
+
 def test_bad_files_raise_with_a_reason(tmp_path):
   write_image(tmp_path / "ok.jpeg", seed=0, size=(64, 64))
   good = (tmp_path / "ok.jpeg").read_bytes()
