@@ -199,7 +199,8 @@ def format_result(result: dict) -> str:
   elif result.get("adapted"):
     a = result["adapted"]
     m = a["at_0.5"]
-    prior = "" if a["estimated_prior"] is None else f", estimated pneumonia rate {a['estimated_prior']:.3f}"
+    prior = ("" if a["estimated_prior"] is None
+             else f", estimated pneumonia rate {a['estimated_prior']:.3f}")
     lines.append(f"Label-free adaptation ({a['method']}, {a['reason']}{prior}; AdaBN "
                  f"{'applied' if a['adabn_applied'] else 'not applied'}), reported apart: "
                  f"accuracy {m['accuracy']:.4f}, F1 {m['f1']:.4f}, sensitivity {m['recall']:.4f}, "

@@ -219,7 +219,8 @@ def render(c: dict) -> str:
            f"- Out of scope: {u['out_of_scope']}", "",
            "## Factors", ""] + [f"- {f}" for f in c["factors"]] + [
            "", "## Metrics", "",
-           f"- Default operating point: **{m['operating_point']['rule']}** ({m['operating_point']['why']}); "
+           f"- Default operating point: **{m['operating_point']['rule']}** "
+           f"({m['operating_point']['why']}); "
            f"all fitted thresholds: {shown(m['operating_point']['thresholds'])}",
            f"- Calibration: temperature {shown(m['calibration']['temperature'])}, validation "
            f"ECE {shown(m['calibration']['val_ece'])} before, "

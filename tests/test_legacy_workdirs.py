@@ -6,8 +6,8 @@ must write the same model numbers: every metric, interval and prediction. What i
 after training from the training and validation splits (the OOD detector, now with a
 second signal, and the folder test with its accuracy interval) is refitted on purpose when
 its version changes, so the keys that rest on it (ood, accepted, risk_coverage,
-folder_test, and each prediction's ood_score) are not compared; what later versions add (the label-free adaptation) may be
-new.
+folder_test, and each prediction's ood_score) are not compared; what later versions add
+(the label-free adaptation) may be new.
 """
 
 import json

@@ -64,7 +64,8 @@ def tables(result: dict) -> str:
                    + f" | all {d['all']['n']}: p = {d['all']['p_value']:.2g} |")
   lines += ["", "## Power: fraction of random sub-folders judged shifted", "",
             "| folder | " + " | ".join(f"n={s}" for s in sizes)
-            + " | all: p (features MMD effect / outputs KS D) |", "|---|" + "---|" * (len(sizes) + 1)]
+            + " | all: p (features MMD effect / outputs KS D) |",
+            "|---|" + "---|" * (len(sizes) + 1)]
   rows = dict(result["power_generated"])
   if "test" in result:
     rows = {"**test/** (reference: all validation)": result["test"]["detection"], **rows}
