@@ -224,9 +224,7 @@ class Runtime:
       self._session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
       self._call = self._onnx
     elif path.endswith(".tflite"):
-      # ai-edge-litert: the maintained successor of tf.lite.Interpreter (deprecated).
-      from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
-      self._interpreter = Interpreter(model_path=path)
+      self._interpreter = tf_import.litert_interpreter(path)
       self._call = self._tflite
     else:
       tf = tf_import.tensorflow()
