@@ -31,6 +31,7 @@ import numpy as np
 from cxr_jax import data as data_lib
 from cxr_jax import model_card
 from cxr_jax import models
+from cxr_jax.runtime import onnx_logs
 from cxr_jax.runtime import tf_import
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.data import augment
@@ -147,36 +148,12 @@ def _write_metadata(serving: Serving, path: str) -> str:
   return meta_path
 
 
-class _UntypedShapeTensors(logging.Filter):
-  """Drops onnx_ir's "The value type for shape [k] is not known ... Skipping serialization".
-
-  jax2onnx 0.17 leaves untyped the two int64 shape tensors it builds for each reshape to a
-  shape that holds the dynamic batch; onnx_ir then leaves out only their optional shape
-  annotations (value_info), not the graph, so the runtime's results are unchanged (the parity
-  check). onnx_ir's other warnings still show.
-  """
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("The value type for shape")
-
-
-@contextlib.contextmanager
-def _untyped_shape_warnings_dropped():
-  logger = logging.getLogger("onnx_ir.serde")
-  untyped = _UntypedShapeTensors()
-  logger.addFilter(untyped)
-  try:
-    yield
-  finally:
-    logger.removeFilter(untyped)
-
-
 def export_onnx(serving: Serving, path: str) -> str:
   """An ONNX model (jax2onnx) with a dynamic batch; metadata as metadata_props too."""
   import onnx  # pylint: disable=g-import-not-at-top
   from jax2onnx import to_onnx  # pylint: disable=g-import-not-at-top
   spec = jax.ShapeDtypeStruct(("N",) + serving.shape, jnp.uint8)
-  with _untyped_shape_warnings_dropped():
+  with onnx_logs.untyped_shape_warnings_dropped():
     model = to_onnx(serving.fn, [spec], model_name="cxr_jax", return_mode="proto")
   for key, value in serving.metadata.items():
     entry = model.metadata_props.add()

@@ -16,6 +16,7 @@ from cxr_jax import data as data_lib
 from cxr_jax import export
 from cxr_jax.fits import fit
 from cxr_jax import registry
+from cxr_jax.runtime import onnx_logs
 from tests.conftest import REPO
 from tests.debug_runs import MOBILENET_DEBUG
 from tests.report.test_report import train_debug_workdirs
@@ -121,9 +122,9 @@ def test_command_line_exports_and_checks_quietly(workdirs, tmp_path):
 
 
 def test_onnx_export_drops_only_the_untyped_shape_warning(caplog):
-  logger = logging.getLogger("onnx_ir.serde")
+  logger = logging.getLogger(onnx_logs.LOGGER)
   with caplog.at_level(logging.WARNING, logger=logger.name):
-    with export._untyped_shape_warnings_dropped():  # pylint: disable=protected-access
+    with onnx_logs.untyped_shape_warnings_dropped():
       logger.warning("The value type for shape %s is not known. Please set type for the "
                      "value. Skipping serialization", [2])
       logger.warning("Another onnx_ir warning")
