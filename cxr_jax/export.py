@@ -31,6 +31,7 @@ import numpy as np
 from cxr_jax import data as data_lib
 from cxr_jax import model_card
 from cxr_jax import models
+from cxr_jax.runtime import onnx_logs
 from cxr_jax.runtime import tf_import
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.data import augment
@@ -152,7 +153,8 @@ def export_onnx(serving: Serving, path: str) -> str:
   import onnx  # pylint: disable=g-import-not-at-top
   from jax2onnx import to_onnx  # pylint: disable=g-import-not-at-top
   spec = jax.ShapeDtypeStruct(("N",) + serving.shape, jnp.uint8)
-  model = to_onnx(serving.fn, [spec], model_name="cxr_jax", return_mode="proto")
+  with onnx_logs.untyped_shape_warnings_dropped():
+    model = to_onnx(serving.fn, [spec], model_name="cxr_jax", return_mode="proto")
   for key, value in serving.metadata.items():
     entry = model.metadata_props.add()
     entry.key, entry.value = key, json.dumps(value)
@@ -224,8 +226,7 @@ class Runtime:
       self._session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
       self._call = self._onnx
     elif path.endswith(".tflite"):
-      tf = tf_import.tensorflow()
-      self._interpreter = tf.lite.Interpreter(model_path=path)
+      self._interpreter = tf_import.litert_interpreter(path)
       self._call = self._tflite
     else:
       tf = tf_import.tensorflow()

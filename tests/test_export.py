@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from cxr_jax import data as data_lib
 from cxr_jax import export
 from cxr_jax.fits import fit
 from cxr_jax import registry
+from cxr_jax.runtime import onnx_logs
 from tests.conftest import REPO
 from tests.debug_runs import MOBILENET_DEBUG
 from tests.report.test_report import train_debug_workdirs
@@ -60,7 +63,14 @@ def test_exported_files_match_jax_in_their_runtimes(workdirs, chest_xray_dir, tm
   paths = export.export_all(serving, str(tmp_path), formats=(fmt,))
   assert os.path.exists(os.path.splitext(paths[fmt])[0] + ".json")  # Metadata beside it.
   test = _test_images(predictor, chest_xray_dir, 12)
-  result = export.parity(serving, export.Runtime(paths[fmt]), test.images, test.labels)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    runtime = export.Runtime(paths[fmt])
+  assert not [w for w in caught if "deprecated" in str(w.message)], caught
+  if fmt.startswith("tflite"):  # LiteRT's own interpreter, not TensorFlow's deprecated one.
+    interpreter = runtime._interpreter  # pylint: disable=protected-access
+    assert type(interpreter).__module__ == "ai_edge_litert.interpreter"
+  result = export.parity(serving, runtime, test.images, test.labels)
   if fmt == "tflite_int8":  # Quantised weights: the decisions must agree, not every digit.
     assert result["label_agreement"] >= 0.9
     assert abs(result["auc_exported"] - result["auc_jax"]) <= 0.05
@@ -90,13 +100,32 @@ def test_pca_is_refused_clearly(workdirs):
     export.serving_function(predictor, fit.load_or_fit(predictor))
 
 
-def test_command_line_exports_and_checks(workdirs, tmp_path):
+# What an export printed before its console was quieted: onnx_ir's untyped shape tensors,
+# tf.lite.Interpreter's deprecation, LiteRT's XNNPACK line; any warning at all.
+EXPORT_NOISE = ("value type", "deprecated", "XNNPACK", "WARNING", "Warning")
+
+
+def test_command_line_exports_and_checks_quietly(workdirs, tmp_path):
   out = tmp_path / "exp"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # A user's console: the suite sets it (conftest).
   proc = subprocess.run(
       [sys.executable, "-m", "cxr_jax.tools.export", f"--workdir={workdirs / 'cnn_baseline'}",
-       "--format=onnx", f"--output_dir={out}", "--max_per_class=4"],
-      cwd=REPO, capture_output=True, text=True, timeout=600,
-      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+       "--format=onnx,tflite", f"--output_dir={out}", "--max_per_class=4"],
+      cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   parity = json.load(open(out / "parity.json"))
-  assert parity["onnx"]["n"] == 8 and parity["onnx"]["max_abs_probability_difference"] <= 1e-5
+  for fmt in ("onnx", "tflite"):
+    assert parity[fmt]["n"] == 8 and parity[fmt]["max_abs_probability_difference"] <= 1e-5
+  noise = [line for line in proc.stderr.splitlines() if any(n in line for n in EXPORT_NOISE)]
+  assert not noise, proc.stderr[-3000:]
+
+
+def test_onnx_export_drops_only_the_untyped_shape_warning(caplog):
+  logger = logging.getLogger(onnx_logs.LOGGER)
+  with caplog.at_level(logging.WARNING, logger=logger.name):
+    with onnx_logs.untyped_shape_warnings_dropped():
+      logger.warning("The value type for shape %s is not known. Please set type for the "
+                     "value. Skipping serialization", [2])
+      logger.warning("Another onnx_ir warning")
+  assert [r.getMessage() for r in caplog.records] == ["Another onnx_ir warning"]

@@ -1,4 +1,5 @@
-"""TensorFlow (and TensorFlow Datasets), imported without their native start-up chatter.
+"""TensorFlow (and TensorFlow Datasets) and the LiteRT interpreter, started without their
+native start-up chatter.
 
 TensorFlow's C++ runtime prints lines such as "oneDNN custom operations are on" to the
 process's stderr when it loads, before any logging can be configured and whatever
@@ -46,3 +47,18 @@ def tensorflow_datasets():
   with _native_stderr_silenced():
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   return tfds
+
+
+def litert_interpreter(path: str):
+  """The LiteRT interpreter of a .tflite file, its tensors allocated. ai-edge-litert: the
+  maintained successor of tf.lite.Interpreter, which is deprecated.
+
+  The first allocation applies the XNNPACK delegate and prints "INFO: Created TensorFlow
+  Lite XNNPACK delegate for CPU." whatever TF_CPP_MIN_LOG_LEVEL says; that line is dropped.
+  A failed allocation still raises its Python error, which carries the interpreter's message.
+  """
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  interpreter = Interpreter(model_path=path)
+  with _native_stderr_silenced():
+    interpreter.allocate_tensors()
+  return interpreter
