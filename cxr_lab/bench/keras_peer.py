@@ -70,10 +70,9 @@ def _time_keras(fn: Callable, warmup: int, steps: int) -> tuple[float, float, fl
   return first, warm - start, time.perf_counter() - warm
 
 
-def bench_keras(tf, keras, alpha: float, image_size: int, batch_size: int, warmup: int,
-                steps: int, dtype: str = "float32", probe_steps: int = 2,
-                frozen_layers: Sequence[str] = ()) -> dict:
-  """Keras training and inference rates, each by its faster way (probed on a few steps)."""
+def _ways(tf, keras, alpha: float, image_size: int, batch_size: int, dtype: str,
+          frozen_layers: Sequence[str]) -> tuple[dict, dict]:
+  """(train ways, infer ways): {name: fn() running one step on a fixed random batch}."""
   model = keras_model(keras, alpha, image_size, dtype, frozen_layers)
   rng = np.random.default_rng(0)
   x = tf.constant(rng.random((batch_size, image_size, image_size, 3), np.float32))
@@ -99,16 +98,50 @@ def bench_keras(tf, keras, alpha: float, image_size: int, batch_size: int, warmu
                     lambda: model.train_on_batch(x, y)}
   infer_ways = {"tf.function": lambda: infer(x),
                 "predict_on_batch": lambda: model.predict_on_batch(x)}
+  return train_ways, infer_ways
+
+
+def _faster_way(kind: str, ways: dict, probe_steps: int) -> tuple[str, dict]:
+  """(the way with the fastest probe, its fields: first call s, way, probe ms/step)."""
+  probes = {name: _time_keras(fn, 0, probe_steps) for name, fn in ways.items()}
+  best = min(probes, key=lambda name: probes[name][2])
+  return best, {f"{kind}_compile_s": probes[best][0], f"{kind}_way": best,
+                f"{kind}_probe_ms": {name: round(1e3 * p[2] / probe_steps, 1)
+                                     for name, p in probes.items()}}
+
+
+def bench_keras(tf, keras, alpha: float, image_size: int, batch_size: int, warmup: int,
+                steps: int, dtype: str = "float32", probe_steps: int = 2,
+                frozen_layers: Sequence[str] = ()) -> dict:
+  """Keras training and inference rates, each by its faster way (probed on a few steps)."""
+  train_ways, infer_ways = _ways(tf, keras, alpha, image_size, batch_size, dtype,
+                                 frozen_layers)
   out = {}
   for kind, ways in (("train", train_ways), ("infer", infer_ways)):
-    probes = {name: _time_keras(fn, 0, probe_steps) for name, fn in ways.items()}
-    best = min(probes, key=lambda name: probes[name][2])
-    _, warm, seconds = _time_keras(ways[best], warmup, steps)
+    best, fields = _faster_way(kind, ways, probe_steps)
+    _, _, seconds = _time_keras(ways[best], warmup, steps)
     out[f"{kind}_img_s"] = timing.rate(batch_size * steps, seconds)
     out[f"{kind}_step_ms"] = 1e3 * seconds / steps
-    out[f"{kind}_compile_s"] = probes[best][0]
-    out[f"{kind}_way"] = best
-    out[f"{kind}_probe_ms"] = {name: round(1e3 * p[2] / probe_steps, 1)
-                               for name, p in probes.items()}
+    out.update(fields)
   out["dtype_policy"] = "mixed_bfloat16" if dtype == "bfloat16" else "float32"
   return out
+
+
+def train_chunks(tf, keras, alpha: float, image_size: int, batch_size: int, warmup: int,
+                 dtype: str = "float32", probe_steps: int = 2,
+                 frozen_layers: Sequence[str] = ()) -> tuple[Callable[[int], Any], dict]:
+  """(run(n): n training steps by the faster way, returning the last loss unsynced; the
+  probe's fields), compiled and warmed up, for timing in chunks beside another program."""
+  train_ways, _ = _ways(tf, keras, alpha, image_size, batch_size, dtype, frozen_layers)
+  best, fields = _faster_way("train", train_ways, probe_steps)
+  step = train_ways[best]
+  _time_keras(step, warmup, 0)
+
+  def run(n: int):
+    out = None
+    for _ in range(n):
+      out = step()
+    return out
+
+  fields["dtype_policy"] = "mixed_bfloat16" if dtype == "bfloat16" else "float32"
+  return run, fields

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from typing import Any, Callable
 
 import flax
 import jax
@@ -79,9 +80,10 @@ def time_step(config, warmup: int, steps: int) -> dict:
   mask = step_lib.trainable_mask(state.params, phase, model)
   step = step_lib.jit_phase_step(model, mask, phase, config)
   step, compile_s = timing.compile_timed(step, state, batch, rng)
-  state, _, seconds = timing.time_chain(lambda s: step(s, batch, rng)[0], state, warmup,
-                                        steps)
+  advance = lambda s: step(s, batch, rng)[0]
+  state, _, seconds = timing.time_chain(advance, state, warmup, steps)
   return {"model": model, "variables": variables, "state": state, "phase": phase,
+          "run": timing.chained(advance, state),
           "step_s": seconds / steps, "compile_s": compile_s, **timing.cost(step),
           "frozen_layers": frozen_layer_names(model, variables["params"], phase),
           "trainable": phase.trainable}
@@ -133,8 +135,13 @@ def roofs(step: dict, machine: dict) -> dict:
           "bytes_s": step["bytes"] / step["step_s"]}
 
 
-def bench_recipe(config, warmup: int, steps: int, machine: dict | None = None) -> dict:
-  """The recipe's step, validation pass, resume point, epoch projection and roofs."""
+def bench_recipe(config, warmup: int, steps: int, machine: dict | None = None,
+                 peer: Callable[[dict, Callable[[int], Any]], dict] | None = None) -> dict:
+  """The recipe's step, validation pass, resume point, epoch projection and roofs.
+
+  peer(result, run): a peer's timing, under "keras", given run(n) (n more Flax steps) so
+  that it can time the Flax step beside its own without compiling it again.
+  """
   step = time_step(config, warmup, steps)
   n_train, n_val = split_sizes(config)
   val_s = time_validation(step["model"], step["variables"], n_val, config)
@@ -143,29 +150,50 @@ def bench_recipe(config, warmup: int, steps: int, machine: dict | None = None) -
   epoch_s = steps_per_epoch * step["step_s"] + val_s + ckpt_s
   phase = step["phase"]
   machine = machine or timing.machine_roofs()
-  return {"config": config.name, "phase": phase.name, "trainable": step["trainable"],
-          "train_batch_norm": bool(phase.train_batch_norm),
-          "image_size": config.data.image_size, "batch_size": config.batch_size,
-          "dtype": str(config.model.dtype) if "dtype" in config.model else "float32",
-          "step_ms": 1e3 * step["step_s"], "train_img_s": config.batch_size / step["step_s"],
-          "compile_s": step["compile_s"], "flops_per_step": step["flops"],
-          "bytes_per_step": step["bytes"], "frozen_layers": step["frozen_layers"],
-          "train_images": n_train, "val_images": n_val, "validation_s": val_s,
-          "checkpoint_s": ckpt_s, "epoch_s": epoch_s, "epochs": int(phase.num_epochs),
-          "phase_s": epoch_s * int(phase.num_epochs), "machine": machine,
-          **roofs(step, machine)}
+  out = {"config": config.name, "phase": phase.name, "trainable": step["trainable"],
+         "train_batch_norm": bool(phase.train_batch_norm),
+         "image_size": config.data.image_size, "batch_size": config.batch_size,
+         "dtype": str(config.model.dtype) if "dtype" in config.model else "float32",
+         "step_ms": 1e3 * step["step_s"], "train_img_s": config.batch_size / step["step_s"],
+         "compile_s": step["compile_s"], "flops_per_step": step["flops"],
+         "bytes_per_step": step["bytes"], "frozen_layers": step["frozen_layers"],
+         "train_images": n_train, "val_images": n_val, "validation_s": val_s,
+         "checkpoint_s": ckpt_s, "epoch_s": epoch_s, "epochs": int(phase.num_epochs),
+         "phase_s": epoch_s * int(phase.num_epochs), "machine": machine,
+         **roofs(step, machine)}
+  if peer is not None:
+    out["keras"] = peer(out, step["run"])
+  return out
 
 
-def keras_peer(config, recipe: dict, tf, keras, warmup: int, steps: int) -> dict:
-  """Keras on the same recipe: size, batch, the same layers frozen (MobileNetV2 only)."""
+def keras_peer(config, recipe: dict, flax_run: Callable[[int], Any], tf, keras, warmup: int,
+               steps: int, repeats: int) -> dict:
+  """Keras on the same recipe (size, batch, the same layers frozen; MobileNetV2 only).
+
+  After both are compiled and warm, `repeats` chunks of `steps` steps alternate: Flax,
+  Keras, Flax, ... (`timing.interleaved`), so that each repeat's two chunks meet the same
+  machine load. "ratio" is the median per-repeat Flax/Keras rate ratio; its spread says
+  how much the load still moved it.
+  """
   from cxr_lab.bench import keras_peer as peer  # pylint: disable=g-import-not-at-top
   if config.model.name != "mobilenet_v2":
     raise ValueError(f"The Keras peer is MobileNetV2's; config {config.name!r} is "
                      f"{config.model.name!r}.")
   backbone = set(sum(mobilenet_v2.block_layer_names(), []))
   frozen = [name for name in recipe["frozen_layers"] if name in backbone]
-  out = peer.bench_keras(tf, keras, float(config.model.alpha), config.data.image_size,
-                         config.batch_size, warmup, steps, frozen_layers=frozen)
-  out["frozen_layers"] = frozen
-  out["ratio"] = recipe["train_img_s"] / out["train_img_s"]
+  keras_run, out = peer.train_chunks(tf, keras, float(config.model.alpha),
+                                     config.data.image_size, config.batch_size, warmup,
+                                     frozen_layers=frozen)
+  chunks = {"flax": lambda: flax_run(steps), "keras": lambda: keras_run(steps)}
+  seconds = timing.interleaved(chunks, repeats,
+                               {"flax": jax.block_until_ready, "keras": np.asarray})
+  summary = timing.ratio_summary(seconds["flax"], seconds["keras"])
+  flax_s, keras_s = (float(np.median(seconds[k])) for k in ("flax", "keras"))
+  out.update(frozen_layers=frozen, train_step_ms=1e3 * keras_s / steps,
+             train_img_s=timing.rate(config.batch_size * steps, keras_s),
+             ratio=summary["median"], ratio_iqr=summary["iqr"], ratio_range=summary["range"],
+             interleaved={"repeats": repeats, "steps": steps, "flax_s": seconds["flax"],
+                          "keras_s": seconds["keras"], "ratios": summary["ratios"],
+                          "flax_step_ms": 1e3 * flax_s / steps,
+                          "keras_step_ms": 1e3 * keras_s / steps})
   return out

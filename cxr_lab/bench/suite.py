@@ -22,9 +22,12 @@ PRESETS = {
                 dtype="bfloat16", keras="auto", cached_features=True, eval_images=624,
                 pipeline_images=2048),
 }
+# Interleaved Flax/Keras chunks of the recipe's step: enough for a median and quartiles.
+REPEATS = 7
 
 
-def check_settings(alphas, steps: int, warmup: int, dtype: str, keras: str) -> None:
+def check_settings(alphas, steps: int, warmup: int, dtype: str, keras: str,
+                   repeats: int = REPEATS) -> None:
   if keras not in keras_peer.KERAS_MODES:
     raise ValueError(f"keras must be one of {keras_peer.KERAS_MODES}; got {keras!r}")
   if dtype not in network.DTYPES:
@@ -33,6 +36,8 @@ def check_settings(alphas, steps: int, warmup: int, dtype: str, keras: str) -> N
     raise ValueError("alphas is empty")
   if steps < 1 or warmup < 0:
     raise ValueError(f"need steps >= 1 and warmup >= 0; got {steps}, {warmup}")
+  if repeats < 1:
+    raise ValueError(f"need repeats >= 1; got {repeats}")
 
 
 def head_epochs(config) -> int | None:
@@ -54,13 +59,16 @@ def _keras(mode: str, notes: list) -> tuple:
   return tf, keras
 
 
-def _recipe(config, tf, keras, warmup: int, steps: int, log, machine=None) -> dict:
-  log(f"[bench] the recipe of {config.name} ...")
-  out = recipe_lib.bench_recipe(config, warmup, steps, machine)
+def _recipe(config, tf, keras, warmup: int, steps: int, repeats: int, log,
+            machine=None) -> dict:
+  """The config's recipe and, with Keras and MobileNetV2, its Keras peer interleaved."""
+  peer = None
   if tf is not None and config.model.name == "mobilenet_v2":
-    log("[bench] the recipe in Keras ...")
-    out["keras"] = recipe_lib.keras_peer(config, out, tf, keras, warmup, steps)
-  return out
+    def peer(out, flax_run):
+      log(f"[bench] the recipe in Keras, {repeats} repeats interleaved with Flax ...")
+      return recipe_lib.keras_peer(config, out, flax_run, tf, keras, warmup, steps, repeats)
+  log(f"[bench] the recipe of {config.name} ...")
+  return recipe_lib.bench_recipe(config, warmup, steps, machine, peer)
 
 
 def _width(config, alpha, batch, tf, keras, s: dict, log) -> tuple[dict, tuple]:
@@ -91,24 +99,25 @@ def run(config, alphas: Sequence[float] = (0.35, 1.0), image_size: int = 224,
         cf_images: int | None = None, cf_epochs: int | None = None,
         eval_images: int = 0, eval_batch_size: int | None = None,
         pipeline_images: int = 1024, recipe: bool = True, other_recipes: Sequence = (),
-        log: Callable[[str], None] = print) -> dict:
+        repeats: int = REPEATS, log: Callable[[str], None] = print) -> dict:
   """Every measurement; returns the result dict that `table.format_table` prints.
 
   config: the training config whose recipe is timed and whose augmentation, optimizer
   and head phase the width table uses (configs/mobilenet.py). other_recipes: more
   configs whose recipes are timed in the same run, for ratios measured together.
+  repeats: the recipe's Flax and Keras chunks of `steps` steps taking turns, for its ratio.
   """
-  check_settings(alphas, steps, warmup, dtype, keras)
+  check_settings(alphas, steps, warmup, dtype, keras, repeats)
   notes: list[str] = []
   tf, keras_mod = _keras(keras, notes)
   settings = dict(alphas=list(alphas), image_size=image_size, batch_size=batch_size,
                   steps=steps, warmup=warmup, dtype=dtype, keras=keras, ops=ops_impl,
                   cpu_kernels=ops.use_cpu_kernels(ops_impl), eval_images=eval_images,
-                  eval_batch_size=eval_batch_size)
+                  eval_batch_size=eval_batch_size, repeats=repeats)
   result = {"settings": settings, "models": [], "notes": notes}
   if recipe:
-    result["recipe"] = _recipe(config, tf, keras_mod, warmup, steps, log)
-    result["other_recipes"] = [_recipe(c, tf, keras_mod, warmup, steps, log,
+    result["recipe"] = _recipe(config, tf, keras_mod, warmup, steps, repeats, log)
+    result["other_recipes"] = [_recipe(c, tf, keras_mod, warmup, steps, repeats, log,
                                        result["recipe"]["machine"]) for c in other_recipes]
   batch = network.synthetic_batch(batch_size, image_size)
   first = None

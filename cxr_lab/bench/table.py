@@ -15,11 +15,8 @@ def recipe_lines(r: dict) -> list[str]:
            f"{r['image_size']}x{r['image_size']}, batch {r['batch_size']}, {r['dtype']}",
            f"  step {r['step_ms']:.1f} ms ({r['train_img_s']:.1f} img/s), compile "
            f"{r['compile_s']:.1f} s"]
-  k = r.get("keras")
-  if k:
-    lines.append(f"  Keras, same size, batch and frozen layers ({len(k['frozen_layers'])}): "
-                 f"{k['train_step_ms']:.1f} ms ({k['train_img_s']:.1f} img/s, by "
-                 f"{k['train_way']}): Flax/Keras {k['ratio']:.2f}")
+  if r.get("keras"):
+    lines += keras_lines(r["keras"])
   lines += [
       f"  compute roof: {r['flops_per_step'] / 1e9:.2f} GFLOP/step (XLA cost analysis) at "
       f"{m['matmul_flop_s'] / 1e9:.0f} GFLOP/s (measured {m['how'].split(';')[0]}) = "
@@ -35,6 +32,20 @@ def recipe_lines(r: dict) -> list[str]:
       f"{r['checkpoint_s']:.2f} s = {r['epoch_s']:.1f} s; {r['epochs']} epochs "
       f"{r['phase_s']:.0f} s", ""]
   return lines
+
+
+def keras_lines(k: dict) -> list[str]:
+  """The recipe's Keras peer and the Flax/Keras ratio with its spread over the repeats."""
+  head = (f"  Keras, same size, batch and frozen layers ({len(k['frozen_layers'])}): "
+          f"{k['train_step_ms']:.1f} ms ({k['train_img_s']:.1f} img/s, by {k['train_way']})")
+  i = k.get("interleaved")
+  if not i:  # A result from before the repeats were interleaved.
+    return [f"{head}: Flax/Keras {k['ratio']:.2f}"]
+  (q1, q3), (low, high) = k["ratio_iqr"], k["ratio_range"]
+  return [f"{head}; Flax {i['flax_step_ms']:.1f} ms beside it (medians of chunks of "
+          f"{i['steps']} steps)",
+          f"  Flax/Keras ratio median {k['ratio']:.2f} (IQR {q1:.2f}\u2013{q3:.2f}, range "
+          f"{low:.2f}\u2013{high:.2f}, {i['repeats']} repeats interleaved)"]
 
 
 def _width_lines(result: dict) -> list[str]:

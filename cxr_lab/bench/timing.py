@@ -6,7 +6,7 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,56 @@ def time_chain(fn: Callable, carry, warmup: int, steps: int) -> tuple[Any, float
     carry = fn(carry)
   jax.block_until_ready(carry)
   return carry, warm - start, time.perf_counter() - warm
+
+
+def chained(fn: Callable, carry) -> Callable[[int], Any]:
+  """run(n): n more `carry = fn(carry)` from where the last run stopped; returns the carry.
+
+  Lets a chained step (a train state in, a train state out) be timed in chunks.
+  """
+  box = [carry]
+
+  def run(n: int):
+    for _ in range(n):
+      box[0] = fn(box[0])
+    return box[0]
+
+  return run
+
+
+def interleaved(fns: Mapping[str, Callable[[], Any]], repeats: int,
+                block: Callable[[Any], Any] | Mapping[str, Callable[[Any], Any]]
+                = jax.block_until_ready) -> dict[str, list[float]]:
+  """{name: seconds of each repeat}, the fns taking turns: a, b, a, b, ...
+
+  Two programs timed one after the other meet different machine loads, so their ratio
+  drifts with the load; alternating chunks gives both of a repeat nearly the same load.
+  Each fn runs one chunk; block(its result) waits for it to finish (JAX dispatches
+  asynchronously). block may be one function or one per name.
+  """
+  if repeats < 1:
+    raise ValueError(f"need repeats >= 1; got {repeats}")
+  waits = block if isinstance(block, Mapping) else {name: block for name in fns}
+  seconds: dict[str, list[float]] = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      waits[name](fn())
+      seconds[name].append(time.perf_counter() - start)
+  return seconds
+
+
+def ratio_summary(a_seconds: Sequence[float], b_seconds: Sequence[float]) -> dict:
+  """a's rate over b's in each repeat (the same work each, so b's seconds over a's), and
+  the median, interquartile range and range of those ratios: how far one run's ratio can
+  be trusted."""
+  a, b = np.asarray(a_seconds, np.float64), np.asarray(b_seconds, np.float64)
+  if a.shape != b.shape or a.ndim != 1 or not a.size:
+    raise ValueError(f"need two equal, non-empty lists of seconds; got {a.shape}, {b.shape}")
+  ratios = b / a
+  q1, median, q3 = np.percentile(ratios, [25, 50, 75])
+  return {"ratios": ratios.tolist(), "median": float(median), "iqr": [float(q1), float(q3)],
+          "range": [float(ratios.min()), float(ratios.max())], "repeats": int(ratios.size)}
 
 
 def time_independent(fn: Callable, warmup: int, steps: int) -> tuple[float, float]:

@@ -5,6 +5,7 @@
   python -m cxr_lab.tools.bench --config=configs/mobilenet.py:freeze3 --alphas=0.35  # a recipe
   python -m cxr_lab.tools.bench --preset=gpu        # batch 256, bfloat16, + 624-image eval
   python -m cxr_lab.tools.bench --alphas=0.35 --steps=5 --warmup=1 --keras=off --json=b.json
+  python -m cxr_lab.tools.bench --alphas=0.35 --repeats=11   # the recipe's ratio, tighter
   python -m cxr_lab.tools.bench --depthwise         # the two depthwise forms alone
 
 See `cxr_lab.bench` for what each number measures.
@@ -46,6 +47,8 @@ flags.DEFINE_integer("steps", None, "Timed steps.")
 flags.DEFINE_integer("warmup", None, "Untimed steps after compiling.")
 flags.DEFINE_enum("dtype", None, list(network.DTYPES), "Backbone compute dtype.")
 flags.DEFINE_enum("keras", None, list(keras_peer.KERAS_MODES), "Also time Keras.")
+flags.DEFINE_integer("repeats", suite.REPEATS, "Flax and Keras chunks of --steps steps each, "
+                     "alternated, for the recipe's Flax/Keras ratio (median and spread).")
 flags.DEFINE_enum("ops", "auto", list(ops.IMPLS), "cxr_jax.ops implementation policy.")
 flags.DEFINE_bool("cached_features", None, "Time the cached-feature head phase.")
 flags.DEFINE_integer("cf_images", None, "Training images of the projected head phase "
@@ -131,6 +134,7 @@ def main(argv):
         cf_epochs=FLAGS.cf_epochs, eval_images=_setting("eval_images"),
         eval_batch_size=FLAGS.eval_batch_size, pipeline_images=_setting("pipeline_images"),
         recipe=FLAGS.recipe, other_recipes=[config_files.load(c) for c in FLAGS.compare],
+        repeats=FLAGS.repeats,
         log=functools.partial(print, file=sys.stderr, flush=True))
     result["settings"]["preset"] = FLAGS.preset
     print(table.format_table(result), flush=True)

@@ -107,3 +107,63 @@ def test_a_memory_fraction_over_one_is_explained_not_claimed():
   over = dict(_fake_recipe("x", 100.0, 15.0), memory_fraction=2.07)
   assert "stays in cache" in "\n".join(table.recipe_lines(over))
   assert "stays in cache" not in "\n".join(table.recipe_lines(_fake_recipe("x", 100.0, 15.0)))
+
+
+def test_the_table_gives_the_interleaved_ratio_with_its_spread():
+  from cxr_lab.bench import table  # pylint: disable=g-import-not-at-top
+  keras = {"frozen_layers": ["a"], "train_step_ms": 150.0, "train_img_s": 213.3,
+           "train_way": "tf.function", "ratio": 1.09, "ratio_iqr": [1.05, 1.125],
+           "ratio_range": [1.01, 1.2],
+           "interleaved": {"repeats": 7, "steps": 10, "flax_step_ms": 137.6}}
+  text = "\n".join(table.recipe_lines(dict(_fake_recipe("x", 100.0, 15.0), keras=keras)))
+  assert "Flax 137.6 ms beside it (medians of chunks of 10 steps)" in text
+  assert ("Flax/Keras ratio median 1.09 (IQR 1.05\u20131.12, range 1.01\u20131.20, "
+          "7 repeats interleaved)") in text
+  old = {k: v for k, v in keras.items() if k != "interleaved"}  # A result from before.
+  assert "): Flax/Keras 1.09" in "\n".join(table.keras_lines(old))
+
+
+def test_keras_peer_interleaves_its_chunks_with_the_flax_step(monkeypatch):
+  # Fakes for both sides (the real Keras step compiles for minutes on CPU): the wiring,
+  # the alternation and the summary are what is checked; speed is not.
+  from cxr_lab.bench import keras_peer  # pylint: disable=g-import-not-at-top
+  calls = []
+
+  def fake_chunks(tf, keras, alpha, image_size, batch_size, warmup, frozen_layers=()):
+    del tf, keras, alpha, image_size, batch_size, warmup
+    calls.append(("built", list(frozen_layers)))
+    return (lambda n: calls.append(("keras", n)) or 0.5), {"train_way": "tf.function",
+                                                            "train_probe_ms": {}}
+
+  monkeypatch.setattr(keras_peer, "train_chunks", fake_chunks)
+  frozen = mobilenet_v2.block_layer_names()[0]
+  flax_run = lambda n: calls.append(("flax", n)) or jnp.zeros(())
+  out = recipe.keras_peer(mobilenet.get_config(), {"frozen_layers": frozen + ["head"]},
+                          flax_run, None, None, warmup=1, steps=4, repeats=3)
+  assert calls == [("built", frozen)] + [("flax", 4), ("keras", 4)] * 3
+  i = out["interleaved"]
+  assert i["repeats"] == 3 and i["steps"] == 4 and out["frozen_layers"] == frozen
+  assert len(i["flax_s"]) == len(i["keras_s"]) == len(i["ratios"]) == 3
+  assert out["ratio"] == pytest.approx(sorted(i["ratios"])[1])
+  assert out["ratio_range"][0] <= out["ratio_iqr"][0] <= out["ratio"] <= out["ratio_range"][1]
+  assert out["train_step_ms"] == pytest.approx(i["keras_step_ms"]) and out["train_img_s"] > 0
+
+
+def test_keras_trains_in_chunks_by_its_faster_way(monkeypatch):
+  import time  # pylint: disable=g-import-not-at-top
+  from cxr_lab.bench import keras_peer  # pylint: disable=g-import-not-at-top
+  counts = {"slow": 0, "fast": 0}
+
+  def way(name, sleep_s):
+    def step():
+      counts[name] += 1
+      time.sleep(sleep_s)
+      return float(counts[name])
+    return step
+
+  monkeypatch.setattr(keras_peer, "_ways", lambda *a: ({"slow": way("slow", 0.01),
+                                                        "fast": way("fast", 0.0)}, {}))
+  run, fields = keras_peer.train_chunks(None, None, 0.35, 32, 2, warmup=2, probe_steps=2)
+  assert fields["train_way"] == "fast" and set(fields["train_probe_ms"]) == {"slow", "fast"}
+  assert counts == {"slow": 3, "fast": 6}  # Probes: 1 + 2 each; then 1 + 2 warmup on fast.
+  assert run(4) == 10.0 and counts["slow"] == 3
