@@ -22,7 +22,7 @@ DEFAULT_VAL_FRACTION = 0.15
 DEFAULT_SPLIT_SEED = 0
 # How validation is carved out of train/: random patients, or contiguous id blocks.
 SPLIT_KINDS = ("random", "blocked")
-DEFAULT_SPLIT_KIND = "random"
+DEFAULT_SPLIT_KIND = "blocked"
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 # person1481_bacteria_3862.jpeg -> person1481
@@ -139,7 +139,9 @@ def blocked_patient_split(examples: Sequence[Example], val_fraction: float, seed
   """(train, val) holding out one contiguous block of patient ids per file-name series.
 
   Blocked cross-validation for data with acquisition-order structure (Roberts et al.
-  2017). Each patient belongs to the series most of their files are in; within a series
+  2017). Each patient belongs to the series most of their files are in, within their
+  majority class (Kermany's series are one class each; other file names are one series,
+  and keying by class keeps both classes in validation); within a series
   the patients, in id order, are cut into blocks of about `val_fraction` of its images,
   and block `seed % n_blocks` is validation, so validation's patients were acquired apart
   from training's rather than interleaved with them.
@@ -148,11 +150,14 @@ def blocked_patient_split(examples: Sequence[Example], val_fraction: float, seed
     raise ValueError(f"val_fraction must be in (0, 1) for a blocked split, got {val_fraction}.")
   n_blocks = max(2, round(1.0 / val_fraction))
   files: dict[str, list[str]] = {}
+  labels: dict[str, list[int]] = {}
   for ex in examples:
     files.setdefault(ex.patient_id, []).append(file_series(ex.path))
-  series: dict[str, list[str]] = {}
+    labels.setdefault(ex.patient_id, []).append(ex.label)
+  series: dict[tuple[int, str], list[str]] = {}
   for patient, kinds in files.items():
-    series.setdefault(max(sorted(set(kinds)), key=kinds.count), []).append(patient)
+    key = (round(np.mean(labels[patient])), max(sorted(set(kinds)), key=kinds.count))
+    series.setdefault(key, []).append(patient)
   val_patients: set[str] = set()
   for patients in series.values():
     ordered = sorted(patients, key=lambda p: (_patient_number(p), p))

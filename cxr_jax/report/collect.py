@@ -274,7 +274,8 @@ def collect_eda(data_config, sizes_dir: str | None, samples_per_class: int = 6) 
   Returns the numbers and, under "arrays", what the figures are drawn from.
   """
   train_ex, val_ex = splits.train_val_examples(data_config.data_dir, data_config.val_fraction,
-                                               data_config.split_seed)
+                                               data_config.split_seed,
+                                               kind=splits.split_kind(data_config))
   test_ex = splits.list_class_folder(os.path.join(data_config.data_dir, "test"))
   sizes, raw_sizes = _size_summary(sizes_dir)
   by_split = {"train": train_ex, "validation": val_ex, "test": test_ex}
@@ -283,6 +284,7 @@ def collect_eda(data_config, sizes_dir: str | None, samples_per_class: int = 6) 
       "counts": {k: splits.class_counts(v) for k, v in by_split.items()},
       "patients": {k: len({e.patient_id for e in v}) for k, v in by_split.items()},
       "val_fraction": data_config.val_fraction, "split_seed": data_config.split_seed,
+      "split": splits.split_kind(data_config),
       "sizes": sizes,
       "arrays": {"sizes": raw_sizes, "samples": _sample_images(train_ex, samples_per_class)},
   }

@@ -22,6 +22,8 @@ GOALS = {"accuracy": (">=", 0.90), "specificity": (">=", 0.75), "roc_auc": (">="
          "ece": ("<=", 0.08)}
 # Published results on the same 624 test images: (reference, accuracy, ROC AUC, how the
 # model was selected). Only those selected without test/ compare with this report.
+SPLIT_WORDS = {"random": "random patients",
+               "blocked": "one contiguous block of patient ids per file-name series"}
 REFERENCES = [
     ("Google AutoML Vision (MedMNIST v2), 28 px upsampled", 0.946, 0.991, "validation"),
     ("MedMNIST+ (Doerrich et al. 2024), DINO ViT-B/16 linear probe, 224 px", 0.916, 0.989,
@@ -120,8 +122,10 @@ def render_data(report: dict, figs: dict) -> list[str]:
   eda = report.get("eda")
   if not eda:
     return []
+  how = SPLIT_WORDS[eda["split"]]
   lines = table_start("Data", f"`{eda['data_dir']}`; validation = {eda['val_fraction']:.0%} "
-                      f"of `train/` per class, grouped by patient (seed {eda['split_seed']}).",
+                      f"of `train/` per class, grouped by patient, {how} "
+                      f"(seed {eda['split_seed']}).",
                       ["split", "NORMAL", "PNEUMONIA", "total", "% PNEUMONIA", "patients"])
   for split, c in eda["counts"].items():
     total = sum(c.values())

@@ -75,3 +75,14 @@ def test_blocked_split_holds_out_one_contiguous_block_of_ids_per_series():
   assert splits.file_series("NORMAL2-IM-1427-0001.jpeg") == "NORMAL2-IM"
   other = splits.blocked_patient_split(examples, 0.25, seed=2)[1]
   assert {e.patient_id for e in other} != {e.patient_id for e in val}
+
+
+def test_blocked_split_keeps_both_classes_when_file_names_carry_no_series():
+  """A site's own names (one "other" series), NORMAL numbered before PNEUMONIA: blocks are
+  cut within each class, so validation still holds both."""
+  examples = [splits.Example(f"NORMAL/scan{i:03d}.png", 0, f"scan{i:03d}") for i in range(40)]
+  examples += [splits.Example(f"PNEUMONIA/scan{i:03d}.png", 1, f"scan{i:03d}")
+               for i in range(40, 120)]
+  train, val = splits.blocked_patient_split(examples, 0.25, seed=0)
+  assert splits.class_counts(val) == {"NORMAL": 10, "PNEUMONIA": 20}
+  assert not {e.patient_id for e in train} & {e.patient_id for e in val}
