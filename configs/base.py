@@ -84,6 +84,10 @@ def get_config():
   # (prior-neutral under the balanced loss), or a rule fitted on validation: "val_f1",
   # "youden", "f1_plateau", "sensitivity_0.95". Every one is reported by evaluate.
   config.operating_point = "0.5"
+  # Scoring (evaluate, predict, the report, the page) averages the probabilities over small
+  # shifts and scales (inference/predictors.py TTA_VIEWS); calibration, OOD fits and exported
+  # files use the network's one view. A flag overrides it (--tta / --notta).
+  config.tta = False
   # Out-of-distribution score (cxr_jax/fits/ood.py): the detector fitted on the
   # training split's features; images scoring above the `accept` quantile of validation
   # are flagged.

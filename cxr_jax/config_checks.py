@@ -164,6 +164,8 @@ def _check_evaluation(config) -> None:
   for key in ("name", "description"):
     if not isinstance(_get(config, key), str):
       _fail(key, config[key], "a string")
+  if not isinstance(_get(config, "tta"), bool):
+    _fail("tta", config.tta, "true or false")
   _one_of(config, "ood.kind", ("mahalanobis", "knn"))
   _number_in(config, "ood.accept", 0.5, 1.0, low_open=True)
   _int_at_least(config, "ood.dims", 1)

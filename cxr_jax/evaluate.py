@@ -18,6 +18,7 @@ from cxr_jax import data as data_lib
 from cxr_jax import model_card
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.inference import adaptation
+from cxr_jax.inference import predictors
 from cxr_jax.fits import fit
 from cxr_jax.fits import folder_shift
 from cxr_jax.metrics import classification as metrics_lib
@@ -126,19 +127,20 @@ def evaluate_set(predictor, data: data_lib.DecodedSet, description: str,
 
 
 def evaluate_folder(workdir: str, data_dir: str, batch_size: int | None = None,
-                    max_per_class: int = 0, calibrate: bool = True, tta: bool = False,
+                    max_per_class: int = 0, calibrate: bool = True, tta: bool | None = None,
                     adapt: str = "none") -> dict:
   """Metrics of the workdir's model on `data_dir` (a NORMAL/ + PNEUMONIA/ folder)."""
   predictor = registry.load_predictor(workdir, batch_size, tta=tta)
   data = data_lib.load_folder(data_dir, predictor.preprocess, max_per_class)
   fitted = fit.load_or_fit(predictor) if calibrate else None
   result = evaluate_set(predictor, data, data_dir, fitted, adapt=adapt)
-  result["tta"] = tta
+  result["tta"] = isinstance(predictor, predictors.TTAPredictor)
   return result
 
 
 def evaluate_to_file(workdir: str, data_dir: str, output: str, batch_size: int | None = None,
-                     tta: bool = False, adapt: str = "none") -> tuple[dict, str | None]:
+                     tta: bool | None = None, adapt: str = "none"
+                     ) -> tuple[dict, str | None]:
   """evaluate_folder written to `output`: (result, the model card refreshed, if any).
 
   The output is checked before any work (a read-only workdir must not lose a finished

@@ -112,7 +112,7 @@ def write_csv(rows: list[dict], output: str) -> None:
 
 def predict_files(workdir: str, paths, output: str, gradcam_dir: str | None = None,
                   target_sensitivity: float | None = None, batch_size: int | None = None,
-                  tta: bool = False, adapt: str = "none") -> dict:
+                  tta: bool | None = None, adapt: str = "none") -> dict:
   """Scores `paths` (files/folders), writes the CSV and returns a summary dict.
 
   adapt: label-free adaptation to these files (adaptation.CHOICES), answered beside the

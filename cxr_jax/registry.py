@@ -37,11 +37,13 @@ class Entry:
 
 
 def load_predictor(workdir: str, batch_size: int | None = None, mesh=None,
-                   tta: bool = False) -> predictors.Predictor:
-  """The trained model of `workdir` (its config.json names the kind); tta: TTAPredictor."""
+                   tta: bool | None = None) -> predictors.Predictor:
+  """The trained model of `workdir` (its config.json names the kind).
+
+  tta: a TTAPredictor; None takes the config's `tta` (how the recipe was selected)."""
   config = workdir_lib.load_config(workdir)
   predictor = get(config.model.name).load(workdir, config, batch_size, mesh)
-  return predictors.TTAPredictor(predictor) if tta else predictor
+  return predictors.TTAPredictor(predictor) if (config.tta if tta is None else tta) else predictor
 
 
 def _flax(name: str) -> Entry:

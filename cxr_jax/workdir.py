@@ -173,7 +173,7 @@ ADDED_KEYS = {
             "selection_metric": "f1", "class_weight": "balanced", "data.source": "folder",
             "data.tfds_data_dir": "data/tensorflow_datasets", "data.split": "random",
             "data.min_image_side": 1, "data.crop_border": 0.0, "ood.kind": "mahalanobis",
-            "ood.accept": 0.99, "ood.dims": 256, "ood.k": 10},
+            "ood.accept": 0.99, "ood.dims": 256, "ood.k": 10, "tta": False},
     "gradient": {"lr_end_factor": 0.01, "label_smoothing": 0.0, "mixup_prob": 0.0,
                  "mixup_alpha": 0.4, "ema_decay": 0.0, "augment.enabled": True,
                  "augment.horizontal_flip": False, "model.refit_batch_norm": False,

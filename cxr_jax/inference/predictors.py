@@ -229,6 +229,10 @@ class TTAPredictor(Predictor):
   def own_detector(self, train_features=None):
     return self.base.own_detector(train_features)
 
+  def with_batch_norm_of(self, images: np.ndarray, estimate: Callable) -> Predictor | None:
+    adapted = self.base.with_batch_norm_of(images, estimate)
+    return None if adapted is None else TTAPredictor(adapted, self.views)
+
   @property
   def feature_layout(self) -> list[int]:
     return self.base.feature_layout

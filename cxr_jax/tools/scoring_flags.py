@@ -11,5 +11,6 @@ def define(adapt_help: str) -> None:
   flags.DEFINE_string("workdir", None, "Trained workdir (config.json and the model).",
                       required=True)
   flags.DEFINE_integer("batch_size", None, "Inference batch size; default from the config.")
-  flags.DEFINE_bool("tta", False, "Average the probabilities over small shifts and scales.")
+  flags.DEFINE_bool("tta", None, "Average the probabilities over small shifts and scales; "
+                    "default: the workdir's config.tta.")
   flags.DEFINE_enum("adapt", adaptation.AUTO, list(adaptation.CHOICES), adapt_help)

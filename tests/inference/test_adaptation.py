@@ -70,9 +70,13 @@ def test_adabn_of_an_ensemble_adapts_each_member_that_has_batchnorm():
     np.testing.assert_allclose(
         member.variables["batch_stats"]["ConvBlock_0"]["BatchNorm_0"]["mean"],
         expected.variables["batch_stats"]["ConvBlock_0"]["BatchNorm_0"]["mean"], rtol=1e-6)
-  # Test-time augmentation is left unadapted (None), as evaluate --tta has always left it.
-  assert predictor_lib.TTAPredictor(members[0]).with_batch_norm_of(images, adaptation.adabn) \
-      is None
+  # Test-time augmentation adapts its network and keeps its views.
+  tta = predictor_lib.TTAPredictor(members[0]).with_batch_norm_of(images, adaptation.adabn)
+  assert isinstance(tta, predictor_lib.TTAPredictor) and tta.base is not members[0]
+  np.testing.assert_allclose(
+      tta.base.variables["batch_stats"]["ConvBlock_0"]["BatchNorm_0"]["mean"],
+      adaptation.adabn(members[0], images).variables["batch_stats"]["ConvBlock_0"][
+          "BatchNorm_0"]["mean"], rtol=1e-6)
 
 
 def test_unknown_method_is_refused():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -86,3 +88,22 @@ def test_adapted_numbers_are_reported_apart(members, chest_xray_dir):
   # The unadapted numbers are those of a plain evaluation.
   plain = evaluate.evaluate_folder(members[0], str(chest_xray_dir / "test"), max_per_class=6)
   assert plain["at_0.5"] == result["at_0.5"]
+
+
+def test_a_config_with_tta_scores_with_it_unless_told_not_to(members, tmp_path, chest_xray_dir):
+  """config.tta is how the recipe was selected: evaluate and predict use it by default; the
+  fits stay the network's own, and --notta gives the one view."""
+  workdir = tmp_path / "tta_default"
+  shutil.copytree(members[0], workdir)
+  config = json.loads((workdir / workdir_lib.CONFIG_FILE).read_text())
+  (workdir / workdir_lib.CONFIG_FILE).write_text(json.dumps({**config, "tta": True}))
+  assert isinstance(registry.load_predictor(str(workdir)), predictor_lib.TTAPredictor)
+  assert not isinstance(registry.load_predictor(str(workdir), tta=False),
+                        predictor_lib.TTAPredictor)
+  test_dir = str(chest_xray_dir / "test")
+  default = evaluate.evaluate_folder(str(workdir), test_dir, max_per_class=4)
+  views = evaluate.evaluate_folder(members[0], test_dir, max_per_class=4, tta=True)
+  one = evaluate.evaluate_folder(str(workdir), test_dir, max_per_class=4, tta=False)
+  assert default["tta"] and not one["tta"]
+  assert default["at_0.5"] == views["at_0.5"]
+  assert one["at_0.5"] == evaluate.evaluate_folder(members[0], test_dir, max_per_class=4)["at_0.5"]
