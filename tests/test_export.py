@@ -33,7 +33,7 @@ def mobilenet_workdir(debug_runs):
 
 
 def _serving(workdir):
-  predictor = registry.load_predictor(workdir)
+  predictor = registry.load_predictor(workdir, tta=False)  # Exports are one view.
   return predictor, export.serving_function(predictor, fit.load_or_fit(predictor))
 
 

@@ -79,7 +79,7 @@ def _ood_overhead(n: int) -> dict:
   from cxr_jax import registry
   if not FLAGS.workdir:
     raise app.UsageError("--ood_overhead needs --workdir.")
-  predictor = registry.load_predictor(FLAGS.workdir)
+  predictor = registry.load_predictor(FLAGS.workdir, tta=False)
   detector = fit.load_or_fit(predictor).detector
   test = data_lib.load(predictor.config.data, "test")
   images = np.concatenate([test.images] * (-(-n // len(test))))[:n]
@@ -92,7 +92,7 @@ def _exported() -> dict:
   from cxr_jax import registry
   if not FLAGS.workdir:
     raise app.UsageError("--export_dir needs --workdir.")
-  predictor = registry.load_predictor(FLAGS.workdir)
+  predictor = registry.load_predictor(FLAGS.workdir, tta=False)
   fitted = fit.load_or_fit(predictor)
   serving = export.serving_function(predictor, fitted)
   names = {"onnx": "model.onnx", "saved_model": "saved_model", "tflite": "model.tflite",
