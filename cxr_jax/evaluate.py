@@ -18,7 +18,6 @@ from cxr_jax import data as data_lib
 from cxr_jax import model_card
 from cxr_jax import workdir as workdir_lib
 from cxr_jax.inference import adaptation
-from cxr_jax.inference import predictors
 from cxr_jax.fits import fit
 from cxr_jax.fits import folder_shift
 from cxr_jax.metrics import classification as metrics_lib
@@ -134,7 +133,7 @@ def evaluate_folder(workdir: str, data_dir: str, batch_size: int | None = None,
   data = data_lib.load_folder(data_dir, predictor.preprocess, max_per_class)
   fitted = fit.load_or_fit(predictor) if calibrate else None
   result = evaluate_set(predictor, data, data_dir, fitted, adapt=adapt)
-  result["tta"] = isinstance(predictor, predictors.TTAPredictor)
+  result["tta"] = predictor.one_view is not predictor
   return result
 
 

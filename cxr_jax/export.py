@@ -125,9 +125,7 @@ def serving_function(predictor, fitted: fit.Fitted) -> Serving:
   """The whole scoring function of a Flax workdir's model, with its plain-XLA layers."""
   if not predictor.kind.supports.export:
     raise ValueError(f"Export is for the neural networks; {predictor.model_name} is not one.")
-  if not hasattr(predictor, "variables"):
-    raise ValueError(f"{predictor.workdir}: export takes the network's one view; load it with "
-                     "registry.load_predictor(workdir, tta=False).")
+  predictor = predictor.one_view  # Exported files are the network, without test-time views.
   model_config = copy.deepcopy(predictor.config.model)
   model_config.ops = "xla"
   model = models.create_model(model_config)

@@ -87,7 +87,7 @@ def finish_run(workdir: str, trained: models.Trained) -> dict:
   The calibration and OOD detector are fitted on validation once, beside the model
   (predict and evaluate reuse them), then train_summary.json and the model card written.
   """
-  predictor = registry.load_predictor(workdir, tta=False)  # Fits: the network's own outputs.
+  predictor = registry.load_predictor(workdir)
   fit.load_or_fit(predictor, validation=trained.validation, train=trained.train)
   workdir_lib.write_json(workdir_lib.path(workdir, workdir_lib.SUMMARY_FILE), trained.summary)
   model_card.write(workdir)

@@ -192,8 +192,10 @@ def load_or_fit(predictor, target: float | None = None, validation=None, train=N
   """The workdir's calibration.json and ood.npz if they fit the model, else refitted.
 
   Refitting decodes the validation split (and, for the detector, the training split)
-  from the saved config, or takes `validation` / `train` (DecodedSets of them).
+  from the saved config, or takes `validation` / `train` (DecodedSets of them). Fits are of
+  the network's one view, whether or not `predictor` averages test-time views.
   """
+  predictor = predictor.one_view
   file_path = workdir_lib.path(predictor.workdir, workdir_lib.CALIBRATION_FILE)
   cached = _read_cache(file_path) if os.path.exists(file_path) else None
   targets = {DEFAULT_TARGET_SENSITIVITY} | ({float(target)} if target is not None else set())

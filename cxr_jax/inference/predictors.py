@@ -54,6 +54,11 @@ class Predictor(abc.ABC):
     self.meta = meta  # The selected checkpoint's record: threshold, epoch, validation metrics.
 
   @property
+  def one_view(self) -> "Predictor":
+    """The network without test-time views: what the fits and exports are made from."""
+    return self
+
+  @property
   def model_name(self) -> str:
     return self.config.model.name
 
@@ -232,6 +237,10 @@ class TTAPredictor(Predictor):
   def with_batch_norm_of(self, images: np.ndarray, estimate: Callable) -> Predictor | None:
     adapted = self.base.with_batch_norm_of(images, estimate)
     return None if adapted is None else TTAPredictor(adapted, self.views)
+
+  @property
+  def one_view(self) -> Predictor:
+    return self.base
 
   @property
   def feature_layout(self) -> list[int]:
