@@ -269,7 +269,7 @@ def _build(entries, output_dir, externals, train_missing, train_fn, target_sensi
       entries, externals, cache, target_sensitivity, n_boot, train_missing, train_fn, adapt)
   best = collect.select_best(results)
   if best:
-    collect.log_progress(f"best model by validation F1: {best}")
+    collect.log_progress(f"best model by validation log loss: {best}")
   report = {"results": results, "statuses": statuses, "best": best, "externals": externals,
             "seeds": _sweep_spread(entries),
             "target_sensitivity": target_sensitivity, "max_per_class": max_per_class,
