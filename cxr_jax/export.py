@@ -322,7 +322,7 @@ def export_workdir(workdir: str, output_dir: str, formats=FORMATS, check: bool =
   workdir_lib.check_output(output_dir, inputs=(workdir,), flag="--output_dir", folder=True)
   inside = workdir_lib.is_inside(output_dir, workdir)
   with workdir_lib.writer_lock(workdir) if inside else contextlib.nullcontext():
-    predictor = registry.load_predictor(workdir, tta=False)  # The network, one view.
+    predictor = registry.load_predictor(workdir)  # serving_function takes its one view.
     serving = serving_function(predictor, fit.load_or_fit(predictor))
     skipped: dict = {}
     paths = export_all(serving, output_dir, formats, skipped)

@@ -99,7 +99,8 @@ def _exported() -> dict:
            "tflite_int8": "model_int8.tflite"}
   runtimes = {k: export.Runtime(os.path.join(FLAGS.export_dir, v)) for k, v in names.items()
               if os.path.exists(os.path.join(FLAGS.export_dir, v))}
-  # What `predict` runs: the model with the CPU kernels of cxr_jax.ops, then the detector.
+  # The network's one view, as the exported files hold it: the model with the CPU kernels
+  # of cxr_jax.ops, then the detector (`predict` with --notta).
   def predictor_fn(images):
     out = predictor.predict(images)
     return out.probs, fitted.detector.score(out.features, images)
